@@ -1,0 +1,1 @@
+"""Triton kernels paired with their autograd functions and modules (the fused adapter bottleneck)."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job, end to end, on STS-B with the default model (all-MiniLM-L6-v2 + seq_bn):
+# set up, validate the data, train, evaluate on the test split, score one pair.
+# Usage: bash launch/stsb.sh [RUN_DIR]   (STS-B folder: $STSB, default ../shared/data/stsb)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup
+export HF_HUB_OFFLINE=1
+data=${STSB:-../shared/data/stsb}
+run=${1:-runs/stsb-seqbn}
+tk=.venv/bin/toolkit
+$tk check "$data/sts-train.csv"
+$tk train --data "stsb:$data" --out "$run" --overwrite
+$tk eval "$run" --data "$data/sts-test.csv" --json "$run/test_metrics.json" --plot "$run/test_pred_vs_gold.png"
+$tk predict "$run" "A plane is taking off." "An air plane is taking off."

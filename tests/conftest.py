@@ -1,0 +1,82 @@
+"""Shared fixtures: the real STS-B release beside the repo, small slices of it in every format."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
+
+
+def stsb_rows(split: str, n: int | None = None) -> list[list[str]]:
+    """First n rows of a split as the release has them (first seven fields)."""
+    rows = []
+    with open(STSB / f"sts-{split}.csv", encoding="utf-8") as f:
+        for line in f:
+            rows.append(line.rstrip("\n").split("\t")[:7])
+            if n is not None and len(rows) == n:
+                break
+    return rows
+
+
+@pytest.fixture(scope="session")
+def stsb_dir() -> Path:
+    if not STSB.is_dir():
+        pytest.fail(f"STS-B release not found at {STSB} (../shared/data/stsb beside the repo)")
+    return STSB
+
+
+def write_stsb_slice(path: Path, split: str, n: int) -> Path:
+    """A header-less slice in the release layout (tab-separated, seven fields)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in stsb_rows(split, n):
+            f.write("\t".join(r) + "\n")
+    return path
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    """Write dict rows in the format the extension names."""
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="," if suffix == ".csv" else "\t")
+            w.writeheader()
+            w.writerows(rows)
+    elif suffix == ".jsonl":
+        with open(path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif suffix == ".db":
+        con = sqlite3.connect(path)
+        cols = list(rows[0])
+        con.execute(f"CREATE TABLE pairs ({', '.join(cols)})")
+        con.executemany(f"INSERT INTO pairs VALUES ({', '.join('?' * len(cols))})", [tuple(r.values()) for r in rows])
+        con.commit()
+        con.close()
+    else:
+        raise ValueError(suffix)
+    return path
+
+
+def dict_rows(split: str, n: int) -> list[dict]:
+    return [{"sentence1": r[5], "sentence2": r[6], "score": float(r[4]), "genre": r[0]} for r in stsb_rows(split, n)]
+
+
+@pytest.fixture(scope="session")
+def small_stsb(tmp_path_factory, stsb_dir) -> dict[str, Path]:
+    """Train/dev slices in the release layout, small enough for quick training tests."""
+    root = tmp_path_factory.mktemp("stsb_small")
+    return {"train": write_stsb_slice(root / "train.csv", "train", 240),
+            "dev": write_stsb_slice(root / "dev.csv", "dev", 120),
+            "test": write_stsb_slice(root / "test.csv", "test", 80)}

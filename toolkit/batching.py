@@ -1,0 +1,123 @@
+"""Tokenised pairs, dynamically padded batches, and length-grouped batch order."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+@dataclass
+class Encoded:
+    """Token ids of one text (a pair for cross-encoders, one sentence for bi-encoders)."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class PairTokenizer:
+    """Tokenises once, pads per batch: cross-encoders see ``[CLS] s1 [SEP] s2 [SEP]``,
+    bi-encoders each sentence alone."""
+
+    def __init__(self, tokenizer, arch: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.arch = arch
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _encode(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[Encoded]:
+        enc = self.tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
+                             max_length=self.max_length, return_token_type_ids=True,
+                             return_attention_mask=False)
+        return [Encoded(i, t) for i, t in zip(enc["input_ids"], enc["token_type_ids"])]
+
+    def encode_pairs(self, s1: Sequence[str], s2: Sequence[str]) -> list[tuple[Encoded, ...]]:
+        if self.arch == "cross":
+            return [(e,) for e in self._encode(s1, s2)]
+        return list(zip(self._encode(s1), self._encode(s2)))
+
+    def encode_texts(self, texts: Sequence[str]) -> list[Encoded]:
+        return self._encode(texts)
+
+    def pad(self, items: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(e) for e in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(items), width), dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, e in enumerate(items):
+            n = len(e)
+            ids[row, :n] = torch.tensor(e.input_ids)
+            types[row, :n] = torch.tensor(e.token_type_ids)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+    def collate(self, examples: Sequence[tuple[tuple[Encoded, ...], float]]) -> dict[str, torch.Tensor]:
+        """A training batch; bi-encoder batches stack all first sentences, then all second ones."""
+        texts = [e for enc, _ in examples for e in enc] if self.arch == "cross" else \
+            [enc[0] for enc, _ in examples] + [enc[1] for enc, _ in examples]
+        batch = self.pad(texts)
+        batch["labels"] = torch.tensor([y for _, y in examples], dtype=torch.float32)
+        return batch
+
+
+class PairDataset(Dataset):
+    def __init__(self, encoded: list[tuple[Encoded, ...]], targets: np.ndarray):
+        self.encoded = encoded
+        self.targets = targets.astype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int):
+        return self.encoded[i], float(self.targets[i])
+
+    def lengths(self) -> list[int]:
+        return [max(len(e) for e in enc) for enc in self.encoded]
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar length, so dynamic padding pads little.
+
+    As in transformers' LengthGroupedSampler: shuffle, cut into mega-batches of ``mega`` batches,
+    sort each by length, cut into batches; then shuffle the batch order. Order depends only on
+    (seed, epoch), so a resumed or distributed run sees the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 mega: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.mega = mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.lengths))
+        if self.group_by_length:
+            size = self.mega * self.batch_size
+            parts = [perm[i:i + size] for i in range(0, len(perm), size)]
+            perm = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in parts])
+        batches = [perm[i:i + self.batch_size].tolist() for i in range(0, len(perm), self.batch_size)]
+        if self.group_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return iter(batches)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches in descending length for inference (results are put back in input order)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

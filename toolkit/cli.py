@@ -1,0 +1,221 @@
+"""The ``toolkit`` command: parses arguments and calls library functions, nothing more."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from .errors import ToolkitError
+from .sources.options import FORMATS, Columns, SourceOptions
+
+
+def _score_range(text: str) -> tuple[float, float]:
+    parts = text.replace(",", ":").split(":")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH, e.g. 0:5, not {text!r}") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"empty range {text!r}: LOW must be below HIGH")
+    return lo, hi
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pair file")
+    g.add_argument("--s1-col", default="sentence1", help="first sentence column (default: %(default)s)")
+    g.add_argument("--s2-col", default="sentence2", help="second sentence column (default: %(default)s)")
+    g.add_argument("--score-col", default="score", help="gold score column (default: %(default)s)")
+    g.add_argument("--id-col", help="pair id column (default: the row number)")
+    g.add_argument("--group-col", help="column for per-group metrics (STS-B release: genre)")
+    g.add_argument("--format", default="auto", choices=FORMATS, help="override the format the extension implies")
+    g.add_argument("--table", help="SQLite: table to read")
+    g.add_argument("--query", help="SQLite: SELECT whose rows to read")
+    g.add_argument("--quoting", default="auto", choices=("auto", "csv", "none"),
+                   help="CSV/TSV quotes: csv = RFC 4180, none = quotes are text (auto: none for the STS-B release)")
+    g.add_argument("--score-range", type=_score_range, metavar="LOW:HIGH",
+                   help="declared score range; rows outside are bad (STS-B release: 0:5)")
+    g.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows and report them instead of stopping")
+    g.add_argument("--limit", type=int, help="read at most this many good rows per file")
+
+
+def source_options(args: argparse.Namespace, need_score: bool = True) -> SourceOptions:
+    return SourceOptions(
+        columns=Columns(s1=args.s1_col, s2=args.s2_col, score=args.score_col, id=args.id_col, group=args.group_col),
+        format=args.format, table=args.table, query=args.query, quoting=args.quoting,
+        score_range=args.score_range, need_score=need_score,
+        policy="skip" if args.skip_bad_rows else "fail", limit=args.limit)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_file
+
+    result = check_file(args.file, source_options(args, need_score=not args.no_score))
+    for line in result.lines():
+        print(line)
+    return 0 if result.ok else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .model import ModelConfig
+    from .sources import resolve_data_spec
+    from .train import DataConfig, TrainConfig, train
+
+    if args.data:
+        if args.train or args.dev:
+            raise ToolkitError("pass either --data or --train/--dev, not both")
+        splits = resolve_data_spec(args.data)
+        train_path, dev_path = str(splits["train"]), str(splits["dev"])
+    elif args.train and args.dev:
+        train_path, dev_path = args.train, args.dev
+    else:
+        raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
+    model_cfg = ModelConfig(base_model=args.model, arch=args.arch, adapter=args.adapter,
+                            reduction_factor=args.reduction_factor, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                            max_length=args.max_length, trust_remote_code=args.trust_remote_code)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                      max_grad_norm=args.max_grad_norm, seed=args.seed, precision=args.precision,
+                      group_by_length=not args.no_group_by_length,
+                      patience=args.patience if args.patience > 0 else None, metric=args.metric,
+                      normalize=args.normalize)
+    data = DataConfig(train_path, dev_path, source_options(args), dev_table=args.dev_table, dev_query=args.dev_query)
+    train(args.out, data, model_cfg, cfg, overwrite=args.overwrite)
+    return 0
+
+
+def _data_path(text: str, split: str = "test") -> str:
+    if text.startswith("stsb:"):
+        from .sources import resolve_data_spec
+
+        return str(resolve_data_spec(text)[split])
+    return text
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_file
+    from .metrics import format_metrics
+    from .run import load_run
+
+    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
+    metrics, warnings, skipped = evaluate_file(run, _data_path(args.data), source_options(args),
+                                               batch_size=args.batch_size, json_path=args.json, plot_path=args.plot)
+    if skipped:
+        print(skipped, file=sys.stderr)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{args.run} on {args.data}: {format_metrics(metrics)}")
+    for group, m in metrics.get("groups", {}).items():
+        print(f"  {group}: {format_metrics(m)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .run import load_run
+
+    if not args.sentence1.strip() or not args.sentence2.strip():
+        raise ToolkitError("predict: both sentences must be non-empty")
+    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
+    score = run.predictor().predict([args.sentence1], [args.sentence2])[0]
+    print(f"{score:.4f}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .model import ADAPTERS, ARCHS
+    from .metrics import HIGHER_IS_BETTER
+
+    parser = argparse.ArgumentParser(prog="toolkit", description="Adapter fine-tuning for sentence-pair regression.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a pair file: rows and every problem")
+    p.add_argument("file")
+    p.add_argument("--no-score", action="store_true", help="the file has no gold scores (to be scored)")
+    add_source_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train an adapter and regression head; writes a run directory")
+    add_train_args(p, ARCHS, ADAPTERS, HIGHER_IS_BETTER)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of a run on a pair file (JSON, plot)")
+    p.add_argument("run")
+    p.add_argument("--data", required=True, help="pair file (or stsb:FOLDER for its test split)")
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--plot", help="write a predicted-vs-gold PNG here")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--trust-remote-code", action="store_true")
+    add_source_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="score one pair with a run")
+    p.add_argument("run")
+    p.add_argument("sentence1")
+    p.add_argument("sentence2")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None:
+    """Training arguments; shared with launch/train.py so both take exactly the same ones."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="stsb:FOLDER (the STS Benchmark release: its train and dev splits)")
+    g.add_argument("--train", help="training pair file")
+    g.add_argument("--dev", help="dev pair file (model selection, early stopping)")
+    g.add_argument("--dev-table", help="SQLite: table for the dev split (--table applies to --train)")
+    g.add_argument("--dev-query", help="SQLite: query for the dev split")
+    g.add_argument("--out", required=True, help="run directory to write")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="all-MiniLM-L6-v2", help="short name or local model folder (default: %(default)s)")
+    g.add_argument("--arch", default="bi", choices=archs, help="bi: cosine of two embeddings; cross: joint encoding + head")
+    g.add_argument("--adapter", default="seq_bn", choices=adapters, help="adapter type; none = full fine-tuning")
+    g.add_argument("--reduction-factor", type=float, help="bottleneck adapters: hidden size / bottleneck width")
+    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: equal to the rank)")
+    g.add_argument("--max-length", type=int, default=128, help="tokens per input (default: %(default)s)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own code (auto_map)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=4)
+    g.add_argument("--batch-size", type=int, default=16, help="per device (default: %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--lr", type=float, help="learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="mixed precision (GPU)")
+    g.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches")
+    g.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs; 0 disables")
+    g.add_argument("--metric", default="spearman", choices=list(metrics), help="dev metric for model selection")
+    g.add_argument("--normalize", default="auto", choices=("auto", "range", "zscore"),
+                   help="target scaling (auto: the declared range, else z-score)")
+    add_source_args(p)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ToolkitError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as e:  # a bug, not bad input: one line unless asked for the traceback
+        if os.environ.get("TOOLKIT_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"toolkit: internal error: {type(e).__name__}: {first} (TOOLKIT_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

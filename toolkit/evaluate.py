@@ -1,0 +1,35 @@
+"""Evaluate a run on a pair file: metrics overall and per group, optional JSON and plot."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from .errors import ToolkitError
+from .io_utils import write_json
+from .metrics import evaluate_predictions
+from .plots import plot_predictions
+from .run import Run
+from .sources import PairSource, SourceOptions
+
+
+def evaluate_file(run: Run, path: str | Path, options: SourceOptions, batch_size: int = 128,
+                  json_path: Optional[str] = None, plot_path: Optional[str] = None) -> tuple[dict, list[str], str]:
+    """(metrics, warnings, bad-row summary or "") of ``run`` on the pairs in ``path``."""
+    options = dataclasses.replace(options, need_score=True)
+    if options.score_range is None:
+        options.score_range = run.score_range  # gold outside the trained range means a mismatch
+    source = PairSource(path, options)
+    pairs = source.read_all()
+    if len(pairs) == 0:
+        raise ToolkitError(f"{path}: no usable pairs to evaluate")
+    pred = run.predictor(batch_size=batch_size).predict(pairs.s1, pairs.s2)
+    metrics, warnings = evaluate_predictions(pred, pairs.scores, pairs.groups, ci=True)
+    metrics["data"] = str(path)
+    metrics["run"] = str(run.folder)
+    if json_path:
+        write_json(json_path, metrics)
+    if plot_path:
+        plot_predictions(plot_path, pred, pairs.scores, metrics, pairs.groups,
+                         title=f"{run.folder.name} on {Path(path).name}", score_range=source.score_range)
+    return metrics, warnings, source.report.summary() if source.report.bad else ""

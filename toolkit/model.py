@@ -1,0 +1,168 @@
+"""The pair regressor: a pretrained encoder with an adapter, as a cross- or bi-encoder.
+
+cross: the pair is encoded jointly and the adapters library's classification head (one output)
+       regresses the normalised score.
+bi:    each sentence is encoded alone and mean-pooled; the score is the cosine of the two
+       embeddings, trained with MSE against the score mapped to 0..1 (sentence-transformers'
+       CosineSimilarityLoss). With the adapter at its initial (identity) weights, or switched
+       off, this is exactly the pre-trained sentence embedding model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .errors import ToolkitError
+from .loading import DEFAULT_MODEL, load_adapter_model
+
+ARCHS = ("bi", "cross")
+ADAPTERS = ("seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "none")
+NAME = "pair"  # the adapter's and the head's name inside the adapters library
+FULL_WEIGHTS = "model.safetensors"
+ADAPTER_WEIGHTS = ("adapter.safetensors",)
+HEAD_WEIGHTS = "model_head.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """What to build; saved in the run directory so that nothing is passed twice."""
+
+    base_model: str = DEFAULT_MODEL
+    arch: str = "bi"
+    adapter: str = "seq_bn"
+    reduction_factor: Optional[float] = None  # bottleneck width = hidden / this (library default)
+    lora_r: int = 8
+    lora_alpha: Optional[float] = None  # None: equal to r (scaling 1)
+    max_length: int = 128
+    head_layers: int = 2
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ToolkitError(f"--arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.adapter not in ADAPTERS:
+            raise ToolkitError(f"--adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
+        if self.reduction_factor is not None and not self.reduction_factor > 0:
+            raise ToolkitError("--reduction-factor must be positive")
+        if self.lora_r < 1:
+            raise ToolkitError("--lora-r must be at least 1")
+        if self.max_length < 8:
+            raise ToolkitError("--max-length must be at least 8")
+
+
+def adapter_config(cfg: ModelConfig):
+    """The adapters library's config for our adapter names.
+
+    Bottleneck adapters start as the identity (up-projection zero, the library's "mam_adapter"
+    init), as LoRA (B = 0) and IA3 (scales = 1) do: training starts from the pre-trained model.
+    """
+    import adapters
+
+    rf = {} if cfg.reduction_factor is None else {"reduction_factor": cfg.reduction_factor}
+    if cfg.adapter == "seq_bn":
+        return adapters.SeqBnConfig(init_weights="mam_adapter", **rf)
+    if cfg.adapter == "double_seq_bn":
+        return adapters.DoubleSeqBnConfig(init_weights="mam_adapter", **rf)
+    if cfg.adapter == "par_bn":
+        return adapters.ParBnConfig(**rf)
+    if cfg.adapter == "lora":
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_r
+        return adapters.LoRAConfig(r=cfg.lora_r, alpha=alpha)
+    if cfg.adapter == "ia3":
+        return adapters.IA3Config()
+    raise ValueError(cfg.adapter)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class PairRegressor(nn.Module):
+    """Maps a batch to normalised scores (the unit the loss is computed in)."""
+
+    def __init__(self, encoder: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, base_folder: Path, weights: Optional[Path] = None) -> "PairRegressor":
+        """A fresh model (``weights`` None) or one restored from a run directory's weights."""
+        cfg.validate()
+        encoder = load_adapter_model(base_folder, cfg.trust_remote_code)
+        cross = cfg.arch == "cross"
+        if cfg.adapter == "none":
+            if cross:
+                encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
+            if weights is not None:
+                _load_full(encoder, weights / FULL_WEIGHTS)
+        else:
+            if weights is None:
+                encoder.add_adapter(NAME, config=adapter_config(cfg))
+                if cross:
+                    encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
+            else:
+                _require(weights, [*ADAPTER_WEIGHTS, "adapter_config.json"] +
+                         ([HEAD_WEIGHTS, "head_config.json"] if cross else []))
+                encoder.load_adapter(str(weights), use_safetensors=True, with_head=cross)
+            encoder.train_adapter(NAME)  # freezes the encoder, leaves adapter and head trainable
+        if cross:
+            encoder.active_head = NAME
+        base = getattr(encoder, "base_model", encoder)
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None:  # unused by both architectures: keep it out of the optimiser
+            pooler.requires_grad_(False)
+        model = cls(encoder, cfg)
+        model.eval()
+        return model
+
+    # -- forward -------------------------------------------------------------------------------
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return mean_pool(out[0], attention_mask)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> torch.Tensor:
+        if self.cfg.arch == "cross":
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.logits[:, 0].float()
+        emb = self.embed(input_ids, attention_mask, token_type_ids)
+        a, b = emb.chunk(2)
+        return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+    # -- parameters ----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+
+    # -- weights -------------------------------------------------------------------------------
+    def save_weights(self, folder: Path) -> None:
+        """Only what training changed: the adapter (+ head) in the adapters library's format,
+        or every weight for full fine-tuning; safetensors in both cases."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.adapter == "none":
+            save_model(self.encoder, str(folder / FULL_WEIGHTS))  # handles tied tensors
+        else:
+            self.encoder.save_adapter(str(folder), NAME, with_head=self.cfg.arch == "cross", use_safetensors=True)
+
+
+def _require(folder: Path, names: list[str]) -> None:
+    for name in names:
+        if not (folder / name).is_file():
+            raise ToolkitError(f"{folder}: missing {name} (pickled weights are never loaded)")
+
+
+def _load_full(encoder: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ToolkitError(f"{path.parent}: missing {path.name}")
+    missing, unexpected = load_model(encoder, str(path), strict=False)
+    if missing or unexpected:
+        raise ToolkitError(f"{path}: does not match the model (missing {len(missing)}, unexpected "
+                           f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")

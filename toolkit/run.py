@@ -1,0 +1,84 @@
+"""The run directory: everything later commands need, so the base model is never passed twice.
+
+    config.json        resolved model/train/data config, label scale, base-model reference
+    adapter/           adapter (+ head) in the adapters library's format, safetensors
+                       (full fine-tuning: adapter/model.safetensors, every weight)
+    metrics.json       best dev metrics, per-epoch history, parameter counts, time
+    train_log.jsonl    one line per epoch; train.log the same for people
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import __version__
+from .batching import PairTokenizer
+from .errors import ToolkitError
+from .io_utils import read_json, write_json
+from .labels import LabelScale
+from .loading import load_tokenizer, resolve_model, weights_sha256
+from .model import ModelConfig, PairRegressor
+from .predict import Predictor
+
+CONFIG = "config.json"
+WEIGHTS_DIR = "adapter"
+METRICS = "metrics.json"
+
+
+def base_reference(cfg: ModelConfig) -> dict:
+    name, folder = resolve_model(cfg.base_model)
+    return {"name": name, "path": str(folder), "weights_sha256": weights_sha256(folder)}
+
+
+def write_config(folder: Path, model_cfg: ModelConfig, labels: LabelScale, base: dict, **sections) -> None:
+    config = {"toolkit_version": __version__, "base_model": base, "model": dataclasses.asdict(model_cfg),
+              "labels": labels.to_dict(), **sections}
+    write_json(folder / CONFIG, config)
+
+
+@dataclass
+class Run:
+    """A trained run, loaded: model (eval mode), tokenizer, label scale and its saved config."""
+
+    folder: Path
+    config: dict
+    model: PairRegressor
+    tokens: PairTokenizer
+    labels: LabelScale
+
+    def predictor(self, batch_size: int = 128, device: Optional[str] = None) -> Predictor:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(device)
+        return Predictor(self.model, self.tokens, self.labels, batch_size=batch_size, device=device)
+
+    @property
+    def score_range(self) -> Optional[tuple[float, float]]:
+        rng = self.config.get("data", {}).get("score_range")
+        return tuple(rng) if rng else None
+
+
+def load_run(folder: str | Path, trust_remote_code: bool = False) -> Run:
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ToolkitError(f"{folder}: not a run directory (no {CONFIG}); train one with `toolkit train`")
+    config = read_json(folder / CONFIG)
+    try:
+        model_cfg = ModelConfig(**config["model"])
+        labels = LabelScale.from_dict(config["labels"])
+        base = config["base_model"]
+    except (KeyError, TypeError) as e:
+        raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
+    model_cfg.trust_remote_code = model_cfg.trust_remote_code or trust_remote_code
+    _, base_folder = resolve_model(base["name"])
+    digest = weights_sha256(base_folder)
+    if digest != base["weights_sha256"]:
+        raise ToolkitError(f"{folder}: the base model at {base_folder} is not the one this run was trained on "
+                           f"(weights sha256 {digest[:12]} != {base['weights_sha256'][:12]})")
+    model = PairRegressor.create(model_cfg, base_folder, weights=folder / WEIGHTS_DIR)
+    tokens = PairTokenizer(load_tokenizer(base_folder, model_cfg.trust_remote_code), model_cfg.arch,
+                           model_cfg.max_length)
+    return Run(folder, config, model, tokens, labels)

@@ -1,0 +1,70 @@
+"""What every reader provides, and the file checks shared by the text formats."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..errors import BadInputError
+from .options import SourceOptions
+from .records import RawChunk
+
+SNIFF_BYTES = 1 << 16
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class Reader(ABC):
+    """Streams the records of one file in chunks; knows nothing about what a good row is.
+
+    ``loc_kind`` says whether locations are lines (text formats) or rows (tables); ``layout``
+    names a recognised layout whose defaults apply (only "stsb" today); ``names`` are the
+    columns the file has, or None where each record carries its own (JSONL).
+    """
+
+    loc_kind: str = "line"
+    layout: Optional[str] = None
+    description: str = ""
+
+    def __init__(self, path: Path, options: SourceOptions):
+        self.path = path
+        self.options = options
+
+    @property
+    @abstractmethod
+    def names(self) -> Optional[list[str]]: ...
+
+    @abstractmethod
+    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]: ...
+
+    def where(self, loc: Optional[int] = None) -> str:
+        """``FILE:LINE`` for text formats, ``FILE:row N`` for tables, ``FILE`` for the whole file."""
+        if loc is None:
+            return str(self.path)
+        return f"{self.path}:{loc}" if self.loc_kind == "line" else f"{self.path}:row {loc}"
+
+    def fail(self, message: str, loc: Optional[int] = None) -> BadInputError:
+        return BadInputError(f"{self.where(loc)}: {message}")
+
+
+def require_file(path: Path) -> None:
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInputError(f"{path}: is a folder, expected a pair file")
+
+
+def sniff_text(path: Path) -> bytes:
+    """First bytes of a text pair file; refuses empty and binary files before any parsing."""
+    require_file(path)
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    body = head[len(UTF8_BOM):] if head.startswith(UTF8_BOM) else head
+    if not body.strip():
+        raise BadInputError(f"{path}: empty file")
+    if head.startswith(b"PAR1"):
+        raise BadInputError(f"{path}: this is a Parquet file; name it .parquet or pass --format parquet")
+    if head.startswith(b"SQLite format 3\x00"):
+        raise BadInputError(f"{path}: this is a SQLite database; name it .db or pass --format sqlite")
+    if b"\x00" in head:
+        raise BadInputError(f"{path}: binary file (NUL bytes), not a text pair file")
+    return body

@@ -1,0 +1,145 @@
+"""CSV and TSV files with a header, and the STS Benchmark release (no header, 7+ fields)."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..errors import BadInputError
+from .base import Reader, sniff_text
+from .options import SourceOptions
+from .records import RawChunk
+
+# The STS-B release: genre, filename, year, id, score, sentence1, sentence2, then on some lines
+# source attributions as extra fields; text holds bare double quotes, so quoting must be off.
+STSB_FIELDS = ["genre", "filename", "year", "id", "score", "sentence1", "sentence2"]
+
+csv.field_size_limit(min(sys.maxsize, 1 << 24))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def looks_like_stsb(first_line: str) -> bool:
+    fields = first_line.split("\t")
+    return len(fields) >= len(STSB_FIELDS) and _is_number(fields[4])
+
+
+class DelimitedReader(Reader):
+    """Comma- or tab-separated text; the layout is read off the first record.
+
+    Lines are decoded with ``surrogateescape`` so that invalid UTF-8 turns up in the values of the
+    row that holds it (and is reported there) instead of aborting the whole read.
+    """
+
+    loc_kind = "line"
+
+    def __init__(self, path: Path, options: SourceOptions, fmt: str):
+        super().__init__(path, options)
+        head = sniff_text(path).decode("utf-8", errors="surrogateescape")
+        first_line = head.splitlines()[0] if head else ""
+        if fmt in ("tsv", "stsb"):
+            self.delimiter = "\t"
+        else:
+            self.delimiter = "\t" if "\t" in first_line else ","
+        cols = options.columns
+        header = next(csv.reader([first_line], delimiter=self.delimiter), [])
+        header = [h.strip() for h in header]
+        if fmt == "stsb" or (
+            cols.s1 not in header and self.delimiter == "\t" and looks_like_stsb(first_line)
+        ):
+            self.layout = "stsb"
+            self.has_header = False
+            self._names = list(STSB_FIELDS)
+            self.quoting = csv.QUOTE_NONE if options.quoting in ("auto", "none") else csv.QUOTE_MINIMAL
+            self.description = "STS-B release layout (tab-separated, no header)"
+        else:
+            self.has_header = True
+            self.quoting = csv.QUOTE_NONE if options.quoting == "none" else csv.QUOTE_MINIMAL
+            self._names = self._read_header()
+            sep = "tab" if self.delimiter == "\t" else "comma"
+            self.description = f"{sep}-separated with header ({len(self._names)} columns)"
+
+    def _open(self):
+        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+    def _reader(self, f):
+        return csv.reader(f, delimiter=self.delimiter, quoting=self.quoting,
+                          strict=self.quoting != csv.QUOTE_NONE)
+
+    def _read_header(self) -> list[str]:
+        with self._open() as f:
+            try:
+                header = next(self._reader(f))
+            except (csv.Error, StopIteration) as e:
+                raise self.fail(f"unreadable header: {e}", 1) from None
+        names = [h.strip() for h in header]
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise self.fail(f"duplicate column {name!r} in the header", 1)
+            seen.add(name)
+        return names
+
+    @property
+    def names(self) -> Optional[list[str]]:
+        return self._names
+
+    def missing_column_error(self, name: str) -> BadInputError:
+        return self.fail(f"no column {name!r} in the header (columns: {', '.join(self._names)})", 1)
+
+    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
+        index = [self._names.index(c) for c in needed]
+        chunk = RawChunk.empty(needed)
+        row = 0
+        with self._open() as f:
+            reader = self._reader(f)
+            prev_line = 0
+            header_pending = self.has_header
+            while True:
+                try:
+                    record = next(reader)
+                    error = None
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    record, error = None, str(e)
+                start, prev_line = prev_line + 1, reader.line_num
+                if record is not None and (not record or record == [""]):
+                    continue  # a blank line is not a row
+                if header_pending:
+                    header_pending = False
+                    continue
+                row += 1
+                problem = self._record_problem(record, error)
+                if problem:
+                    chunk.add_error(start, row, problem)
+                else:
+                    chunk.add([record[i] for i in index], start, row)
+                if chunk.size >= chunk_size:
+                    yield chunk
+                    chunk = RawChunk.empty(needed)
+        if row == 0:
+            raise self.fail("header only, no data rows" if self.has_header else "no data rows")
+        if chunk.size:
+            yield chunk
+
+    def _record_problem(self, record: Optional[list[str]], error: Optional[str]) -> Optional[str]:
+        if error is not None:
+            hint = "" if self.quoting == csv.QUOTE_NONE else \
+                " (an unbalanced quote? --quoting none reads quotes as text)"
+            return f"malformed {'TSV' if self.delimiter == chr(9) else 'CSV'}: {error}{hint}"
+        if self.layout == "stsb":
+            if len(record) < len(STSB_FIELDS):
+                return f"too few fields: {len(record)}, the STS-B layout has {len(STSB_FIELDS)}"
+            return None
+        if len(record) != len(self._names):
+            few = "few" if len(record) < len(self._names) else "many"
+            return f"too {few} fields: {len(record)}, the header has {len(self._names)}"
+        return None

@@ -1,0 +1,65 @@
+"""JSON Lines: one object per line; each line is decoded on its own so errors name their line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .base import UTF8_BOM, Reader, sniff_text
+from .options import SourceOptions
+from .records import RawChunk
+
+
+class JsonlReader(Reader):
+    loc_kind = "line"
+    description = "JSON Lines"
+
+    def __init__(self, path: Path, options: SourceOptions):
+        super().__init__(path, options)
+        sniff_text(path)
+
+    @property
+    def names(self) -> Optional[list[str]]:
+        return None  # each object names its own fields
+
+    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
+        chunk = RawChunk.empty(needed)
+        row = 0
+        with open(self.path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if lineno == 1 and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM):]
+                if not line.strip():
+                    continue  # a blank line is not a row
+                row += 1
+                obj, problem = self._parse(line, needed)
+                if problem:
+                    chunk.add_error(lineno, row, problem)
+                else:
+                    chunk.add([obj[c] for c in needed], lineno, row)
+                if chunk.size >= chunk_size:
+                    yield chunk
+                    chunk = RawChunk.empty(needed)
+        if row == 0:
+            raise self.fail("no data rows")
+        if chunk.size:
+            yield chunk
+
+    @staticmethod
+    def _parse(line: bytes, needed: list[str]) -> tuple[Optional[dict], Optional[str]]:
+        line = line.rstrip(b"\r\n")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"invalid UTF-8 (byte 0x{line[e.start]:02x} at byte {e.start + 1})"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return None, f"invalid JSON: {e.msg} (column {e.colno})"
+        if not isinstance(obj, dict):
+            return None, f"expected a JSON object, got {type(obj).__name__}"
+        for c in needed:
+            if c not in obj:
+                fields = ", ".join(list(obj)[:8])
+                return None, f"missing field {c!r} (fields: {fields})"
+        return obj, None

@@ -1,0 +1,71 @@
+"""The two shapes rows take: as a reader found them, and after validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass
+class RawChunk:
+    """Consecutive records of one file, before any value is checked.
+
+    ``locs`` is where each record starts (line for text formats, row for tables), ``rows`` its
+    1-based ordinal among all records (so default ids stay stable when bad rows are skipped), and
+    ``errors`` the records the reader itself could not parse, as (loc, row, message).
+    """
+
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    locs: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    errors: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.locs)
+
+    @classmethod
+    def empty(cls, needed: list[str]) -> "RawChunk":
+        return cls(columns={c: [] for c in needed})
+
+    def add(self, values: list[Any], loc: int, row: int) -> None:
+        """One record; ``values`` in the order of the chunk's columns."""
+        for column, value in zip(self.columns.values(), values):
+            column.append(value)
+        self.locs.append(loc)
+        self.rows.append(row)
+
+    def add_error(self, loc: int, row: int, message: str) -> None:
+        self.errors.append((loc, row, message))
+
+    @property
+    def size(self) -> int:
+        """Records taken, parsed or not (what chunk sizes count)."""
+        return len(self.locs) + len(self.errors)
+
+
+@dataclass
+class PairChunk:
+    """Validated pairs, in file order."""
+
+    ids: list[str]
+    s1: list[str]
+    s2: list[str]
+    scores: Optional[np.ndarray]  # float64, None when scores were not asked for
+    groups: Optional[list[str]]
+    locs: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @staticmethod
+    def concat(chunks: list["PairChunk"], with_scores: bool, with_groups: bool) -> "PairChunk":
+        return PairChunk(
+            ids=[i for c in chunks for i in c.ids],
+            s1=[s for c in chunks for s in c.s1],
+            s2=[s for c in chunks for s in c.s2],
+            scores=np.concatenate([c.scores for c in chunks]) if with_scores and chunks else
+            (np.zeros(0) if with_scores else None),
+            groups=[g for c in chunks for g in c.groups] if with_groups else None,
+            locs=[loc for c in chunks for loc in c.locs],
+        )

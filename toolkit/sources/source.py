@@ -1,0 +1,190 @@
+"""One interface over every pair format: validated pairs in chunks, bad rows per policy."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..errors import BadInputError
+from .base import Reader
+from .delimited import DelimitedReader
+from .jsonl import JsonlReader
+from .options import FORMATS, POLICIES, Columns, SourceOptions
+from .parquet import ParquetReader
+from .records import PairChunk, RawChunk
+from .sqlite import SqliteReader
+from .validate import label_problem, parse_score, text_problem
+
+EXTENSIONS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+    ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".db": "sqlite", ".sqlite": "sqlite", ".sqlite3": "sqlite",
+}
+STSB_SCORE_RANGE = (0.0, 5.0)
+EXAMPLES_KEPT = {"fail": 1, "skip": 5, "collect": 10_000}
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt not in FORMATS:
+        raise BadInputError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS[1:])})")
+    if fmt != "auto":
+        return fmt
+    found = EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise BadInputError(
+            f"{path}: cannot tell the format from the extension {path.suffix or '(none)'!r}; "
+            f"pass --format {'|'.join(FORMATS[1:])}")
+    return found
+
+
+def make_reader(path: Path, options: SourceOptions) -> Reader:
+    fmt = detect_format(path, options.format)
+    if fmt in ("csv", "tsv", "stsb"):
+        return DelimitedReader(path, options, fmt)
+    if fmt == "jsonl":
+        return JsonlReader(path, options)
+    if fmt == "parquet":
+        return ParquetReader(path, options)
+    return SqliteReader(path, options)
+
+
+@dataclass
+class SourceReport:
+    """What reading a file found: rows seen, rows kept, and the problems (some or all)."""
+
+    path: str
+    rows: int = 0
+    good: int = 0
+    bad: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.bad:
+            return f"{self.path}: {self.good} rows"
+        shown = "; ".join(self.problems[:3])
+        return (f"{self.path}: skipped {self.bad} bad row{'s' if self.bad != 1 else ''} of {self.rows}, "
+                f"kept {self.good}; first: {shown}")
+
+
+class PairSource:
+    """Validated pairs from one file, streamed in chunks (read it once).
+
+    A recognised layout brings its defaults: the STS-B release groups by genre and declares the
+    0..5 score range, unless the options say otherwise.
+    """
+
+    def __init__(self, path: str | Path, options: Optional[SourceOptions] = None):
+        options = options or SourceOptions()
+        if options.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}")
+        self.path = Path(path)
+        self.options = options
+        self.reader = make_reader(self.path, options)
+        cols = dataclasses.replace(options.columns)
+        self.score_range = options.score_range
+        if self.reader.layout == "stsb":
+            cols.group = cols.group or "genre"
+            self.score_range = self.score_range or STSB_SCORE_RANGE
+        if self.score_range is not None and not self.score_range[0] < self.score_range[1]:
+            raise BadInputError(f"score range {self.score_range} is empty: give LOW:HIGH with LOW < HIGH")
+        self.columns: Columns = cols
+        self.needed = [cols.s1, cols.s2]
+        for name in (cols.score if options.need_score else None, cols.id, cols.group):
+            if name is not None and name not in self.needed:
+                self.needed.append(name)
+        names = self.reader.names
+        if names is not None:
+            for name in self.needed:
+                if name not in names:
+                    if isinstance(self.reader, DelimitedReader):
+                        raise self.reader.missing_column_error(name)
+                    raise self.reader.fail(f"no column {name!r} (columns: {', '.join(names)})")
+        self.report = SourceReport(str(self.path))
+        self._used = False
+
+    @property
+    def description(self) -> str:
+        return self.reader.description
+
+    @property
+    def has_groups(self) -> bool:
+        return self.columns.group is not None
+
+    def chunks(self) -> Iterator[PairChunk]:
+        if self._used:
+            raise RuntimeError("a PairSource is read once; open the file again")
+        self._used = True
+        limit = self.options.limit
+        for raw in self.reader.raw_chunks(self.needed, self.options.chunk_size):
+            remaining = None if limit is None else limit - self.report.good
+            chunk = self._validate(raw, remaining)
+            self.report.good += len(chunk)
+            if len(chunk):
+                yield chunk
+            if limit is not None and self.report.good >= limit:
+                return
+
+    def read_all(self) -> PairChunk:
+        chunks = list(self.chunks())
+        return PairChunk.concat(chunks, self.options.need_score, self.has_groups)
+
+    def _validate(self, raw: RawChunk, remaining: Optional[int] = None) -> PairChunk:
+        """Good rows of ``raw`` (at most ``remaining``); bad ones go to the policy, in file order."""
+        cols, opts = self.columns, self.options
+        ids, s1, s2, scores, groups, locs = [], [], [], [], [], []
+        problems: list[tuple[int, str]] = []
+        c1, c2 = raw.columns[cols.s1], raw.columns[cols.s2]
+        cs = raw.columns[cols.score] if opts.need_score else None
+        ci = raw.columns[cols.id] if cols.id else None
+        cg = raw.columns[cols.group] if cols.group else None
+        end = None  # the location where the limit was reached: nothing after it counts
+        for k, loc in enumerate(raw.locs):
+            if remaining is not None and len(ids) >= remaining:
+                end = loc
+                break
+            problem = text_problem(c1[k], cols.s1) or text_problem(c2[k], cols.s2)
+            score = 0.0
+            if problem is None and cs is not None:
+                score, problem = parse_score(cs[k], cols.score, self.score_range)
+            ident = str(raw.rows[k])
+            if problem is None and ci is not None:
+                ident, problem = label_problem(ci[k], cols.id)
+            group = ""
+            if problem is None and cg is not None:
+                group, problem = label_problem(cg[k], cols.group)
+            if problem is not None:
+                problems.append((loc, problem))
+                continue
+            ids.append(ident)
+            s1.append(c1[k])
+            s2.append(c2[k])
+            scores.append(score)
+            groups.append(group)
+            locs.append(loc)
+        errors = [(loc, msg) for loc, _, msg in raw.errors if end is None or loc < end]
+        problems.extend(errors)
+        self.report.rows += (len(raw.locs) if end is None else raw.locs.index(end)) + len(errors)
+        if problems:
+            self._handle(sorted(problems))
+        return PairChunk(ids=ids, s1=s1, s2=s2,
+                         scores=np.asarray(scores, dtype=np.float64) if cs is not None else None,
+                         groups=groups if cg is not None else None, locs=locs)
+
+    def _handle(self, problems: list[tuple[int, str]]) -> None:
+        policy = self.options.policy
+        if policy == "fail":
+            loc, msg = problems[0]
+            raise BadInputError(f"{self.reader.where(loc)}: {msg}")
+        self.report.bad += len(problems)
+        room = EXAMPLES_KEPT[policy] - len(self.report.problems)
+        self.report.problems.extend(f"{self.reader.where(loc)}: {msg}" for loc, msg in problems[:max(room, 0)])
+
+
+def read_pairs(path: str | Path, options: Optional[SourceOptions] = None) -> tuple[PairChunk, PairSource]:
+    """All validated pairs of a file (for training and evaluation sets that fit in memory)."""
+    source = PairSource(path, options)
+    return source.read_all(), source
