@@ -60,7 +60,8 @@ def run_one(name: str, stsb: dict, out: Path) -> dict:
     start = time.time()
     result = train(out / name, data, ModelConfig(**mc), TrainConfig(**tc), overwrite=True)
     wall = time.time() - start
-    return {"name": name, **score_test_split(load_run(out / name).predictor(), stsb), "dev_spearman": result.summary["dev"]["spearman"],
+    return {"name": name, **score_test_split(load_run(out / name).predictor(), stsb),
+            "dev_spearman": result.summary["dev"]["spearman"],
             "best_epoch": result.summary["best_epoch"], "params": result.summary["params"], "wall_s": wall,
             "model": mc, "train": tc}
 
@@ -76,15 +77,15 @@ def zero_shot(stsb: dict) -> dict:
     """The pre-trained bi-encoder, untouched (a fresh identity adapter is exactly it)."""
     cfg = ModelConfig(arch="bi")
     _, folder = resolve_model(cfg.base_model)
-    predictor = Predictor(PairRegressor.create(cfg, folder), PairTokenizer(load_tokenizer(folder), "bi", cfg.max_length),
-                          LabelScale.from_range(0, 5))
+    tokens = PairTokenizer(load_tokenizer(folder), "bi", cfg.max_length)
+    predictor = Predictor(PairRegressor.create(cfg, folder), tokens, LabelScale.from_range(0, 5))
     return {"name": "zero-shot (bi, no training)", **score_test_split(predictor, stsb), "dev_spearman": None,
             "best_epoch": 0, "params": {"trainable": 0, "percent": 0.0}, "wall_s": 0.0}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | trainable params | test Spearman (95% CI) | test Pearson | test MSE | dev Spearman | best epoch | wall time |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| config | trainable params | test Spearman (95% CI) | test Pearson | test MSE | dev Spearman "
+             "| best epoch | wall time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ci = r["test_spearman_ci95"]
         dev = f"{100 * r['dev_spearman']:.2f}" if r["dev_spearman"] is not None else "-"

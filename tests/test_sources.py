@@ -1,7 +1,6 @@
 """Pair sources: every format, the STS-B release, and every bad-input case with its location."""
 from __future__ import annotations
 
-import csv
 import sqlite3
 
 import numpy as np
@@ -204,7 +203,8 @@ def test_invalid_utf8_row(tmp_path):
     path.write_bytes(b"sentence1,sentence2,score\nok,fine,1\nbad \xff\xfe byte,fine,2\n")
     assert error_of(path) == f"{path}:3: invalid UTF-8 in sentence1"
     path = tmp_path / "x.jsonl"
-    path.write_bytes(b'{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "\xff", "sentence2": "b", "score": 1}\n')
+    path.write_bytes(b'{"sentence1": "a", "sentence2": "b", "score": 1}\n'
+                     b'{"sentence1": "\xff", "sentence2": "b", "score": 1}\n')
     assert error_of(path) == f"{path}:2: invalid UTF-8 (byte 0xff at byte 16)"
 
 

@@ -38,7 +38,8 @@ class CheckResult:
         if self.score_stats:
             s = self.score_stats
             declared = f" (declared range {self.score_range[0]:g}..{self.score_range[1]:g})" if self.score_range else ""
-            out.append(f"  scores: min {s['min']:g}, max {s['max']:g}, mean {s['mean']:.3f}, std {s['std']:.3f}{declared}")
+            out.append(f"  scores: min {s['min']:g}, max {s['max']:g}, mean {s['mean']:.3f}, "
+                       f"std {s['std']:.3f}{declared}")
         if self.groups:
             out.append("  groups: " + ", ".join(f"{g} {n}" for g, n in sorted(self.groups.items())))
         if self.duplicate_ids:

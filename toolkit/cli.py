@@ -170,8 +170,10 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--out", required=True, help="run directory to write")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="all-MiniLM-L6-v2", help="short name or local model folder (default: %(default)s)")
-    g.add_argument("--arch", default="bi", choices=archs, help="bi: cosine of two embeddings; cross: joint encoding + head")
+    g.add_argument("--model", default="all-MiniLM-L6-v2",
+                   help="short name or local model folder (default: %(default)s)")
+    g.add_argument("--arch", default="bi", choices=archs,
+                   help="bi: cosine of two embeddings; cross: joint encoding + head")
     g.add_argument("--adapter", default="seq_bn", choices=adapters, help="adapter type; none = full fine-tuning")
     g.add_argument("--reduction-factor", type=float, help="bottleneck adapters: hidden size / bottleneck width")
     g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: %(default)s)")
