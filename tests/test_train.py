@@ -64,11 +64,24 @@ def test_zscore_labels_for_cross_without_range(tmp_path, small_stsb):
     assert result.summary["dev"]["n"] == 48  # --limit applies to every file read
 
 
-def test_refuses_to_overwrite_and_bad_settings(tmp_path, small_stsb):
+def test_refuses_to_overwrite_and_bad_settings(tmp_path, small_stsb, monkeypatch):
     run_train(tmp_path / "r", small_stsb, limit=16, epochs=1)
     with pytest.raises(ToolkitError, match="already holds a run"):
         run_train(tmp_path / "r", small_stsb, limit=16, epochs=1)
-    with pytest.raises(ToolkitError, match="needs a CUDA GPU"):
-        run_train(tmp_path / "p", small_stsb, limit=16, precision="bf16")
+    with pytest.raises(ToolkitError, match="fp16 asked, but there is no GPU"):
+        run_train(tmp_path / "p", small_stsb, limit=16, precision="fp16")
     with pytest.raises(ToolkitError, match="--arch bi maps the cosine"):
         run_train(tmp_path / "q", small_stsb, limit=16, arch="bi", normalize="zscore")
+    with pytest.raises(ToolkitError, match="--global-batch-size 30 is not divisible by 1 processes x 4 accumulation"):
+        run_train(tmp_path / "g", small_stsb, limit=16, global_batch_size=30, grad_accum=4)
+
+
+def test_bf16_on_cpu(tmp_path, small_stsb, monkeypatch):
+    import toolkit.distributed
+
+    if toolkit.distributed.cpu_has_bf16():  # this machine's AMD EPYC has AVX512-BF16: bf16 trains
+        result = run_train(tmp_path / "b", small_stsb, limit=32, epochs=1, precision="bf16")
+        assert result.summary["history"][1]["train_loss"] > 0
+    monkeypatch.setattr(toolkit.distributed, "cpu_has_bf16", lambda: False)  # a CPU without it
+    with pytest.raises(ToolkitError, match="bf16 asked, but this CPU has no bf16 support"):
+        run_train(tmp_path / "c", small_stsb, limit=16, precision="bf16")

@@ -60,8 +60,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .model import ModelConfig
     from .sources import resolve_data_spec
-    from .train import DataConfig, TrainConfig, train
+    from .train import DataConfig, TrainConfig, resume, train
 
+    if args.resume:
+        resume(args.resume)
+        return 0
+    if not args.out:
+        raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
     if args.data:
         if args.train or args.dev:
             raise ToolkitError("pass either --data or --train/--dev, not both")
@@ -73,13 +78,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
     model_cfg = ModelConfig(base_model=args.model, arch=args.arch, adapter=args.adapter,
                             reduction_factor=args.reduction_factor, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                            max_length=args.max_length, trust_remote_code=args.trust_remote_code)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                      weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-                      max_grad_norm=args.max_grad_norm, seed=args.seed, precision=args.precision,
-                      group_by_length=not args.no_group_by_length,
+                            max_length=args.max_length, dropout=args.dropout,
+                            trust_remote_code=args.trust_remote_code)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, global_batch_size=args.global_batch_size,
+                      grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
+                      precision=args.precision, group_by_length=not args.no_group_by_length,
                       patience=args.patience if args.patience > 0 else None, metric=args.metric,
-                      normalize=args.normalize)
+                      normalize=args.normalize, save_steps=args.save_steps, keep_checkpoint=args.keep_checkpoint,
+                      eval_batch_size=args.eval_batch_size)
     data = DataConfig(train_path, dev_path, source_options(args), dev_table=args.dev_table, dev_query=args.dev_query)
     train(args.out, data, model_cfg, cfg, overwrite=args.overwrite)
     return 0
@@ -167,8 +174,10 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--dev", help="dev pair file (model selection, early stopping)")
     g.add_argument("--dev-table", help="SQLite: table for the dev split (--table applies to --train)")
     g.add_argument("--dev-query", help="SQLite: query for the dev split")
-    g.add_argument("--out", required=True, help="run directory to write")
+    g.add_argument("--out", help="run directory to write")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with the settings it "
+                   "was started with (other flags are not used)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="all-MiniLM-L6-v2",
                    help="short name or local model folder (default: %(default)s)")
@@ -179,23 +188,37 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: %(default)s)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: equal to the rank)")
     g.add_argument("--max-length", type=int, default=128, help="tokens per input (default: %(default)s)")
+    g.add_argument("--dropout", type=float, help="rate of every dropout layer (default: the model's own)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own code (auto_map)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=4)
     g.add_argument("--batch-size", type=int, default=16, help="per device (default: %(default)s)")
+    g.add_argument("--global-batch-size", type=int,
+                   help="effective batch; per device = this / (processes x accumulation), which must divide it")
     g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--eval-batch-size", type=int, default=128, help="dev evaluation batch (default: %(default)s)")
     g.add_argument("--lr", type=float, help="learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="mixed precision (GPU)")
+    g.add_argument("--precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
+                   help="mixed precision; auto: the accelerate config's, else none")
     g.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches")
     g.add_argument("--patience", type=int, default=2, help="early stopping patience in epochs; 0 disables")
     g.add_argument("--metric", default="spearman", choices=list(metrics), help="dev metric for model selection")
     g.add_argument("--normalize", default="auto", choices=("auto", "range", "zscore"),
                    help="target scaling (auto: the declared range, else z-score)")
+    g.add_argument("--save-steps", type=int, default=0,
+                   help="also checkpoint every N optimiser steps for --resume (default: at epoch ends only)")
+    g.add_argument("--keep-checkpoint", action="store_true", help="keep the resumable checkpoint after the run")
     add_source_args(p)
+
+
+def _rank_prefix() -> str:
+    """Under a distributed launcher every process reports; rank 0's line reads as on one process."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -203,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except ToolkitError as e:
-        print(str(e), file=sys.stderr)
+        print(_rank_prefix() + str(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -41,6 +41,7 @@ class ModelConfig:
     lora_alpha: Optional[float] = None  # None: equal to r (scaling 1)
     max_length: int = 128
     head_layers: int = 2
+    dropout: Optional[float] = None  # every dropout layer's rate; None keeps the model's own (0.1 for BERT)
     trust_remote_code: bool = False
 
     def validate(self) -> None:
@@ -54,6 +55,8 @@ class ModelConfig:
             raise ToolkitError("--lora-r must be at least 1")
         if self.max_length < 8:
             raise ToolkitError("--max-length must be at least 8")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ToolkitError("--dropout must be in [0, 1)")
 
 
 def adapter_config(cfg: ModelConfig):
@@ -117,11 +120,22 @@ class PairRegressor(nn.Module):
             encoder.active_head = NAME
         base = getattr(encoder, "base_model", encoder)
         pooler = getattr(base, "pooler", None)
-        if pooler is not None:  # unused by both architectures: keep it out of the optimiser
+        if pooler is not None:  # unused by both architectures: keep it out of the optimiser (and DDP)
             pooler.requires_grad_(False)
+        if cfg.dropout is not None:
+            for module in encoder.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
+                if isinstance(getattr(module, "dropout_prob", None), float):  # SDPA attention keeps a float
+                    module.dropout_prob = cfg.dropout
         model = cls(encoder, cfg)
         model.eval()
         return model
+
+    @property
+    def config(self):
+        """The encoder's config (DeepSpeed's "auto" bucket sizes read ``hidden_size`` from it)."""
+        return self.encoder.config
 
     # -- forward -------------------------------------------------------------------------------
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:

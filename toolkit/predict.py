@@ -1,12 +1,18 @@
-"""Batched inference: length-sorted batches, results back in input order, scores on the user's scale."""
+"""Batched inference: length-sorted batches, results back in input order, scores on the user's scale.
+
+Given an Accelerator with several processes, the batches are sharded across them and the outputs
+gathered with ``gather_for_metrics``, which drops the samples the even sharding pads in: every
+process gets the same, complete result, equal to a single-process run. Every process must call.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from .batching import PairTokenizer, length_sorted_batches
+from .batching import Encoded, PairTokenizer
 from .labels import LabelScale
 from .model import PairRegressor
 
@@ -15,12 +21,13 @@ class Predictor:
     """Scores pairs with a trained model. Bi-encoders embed each distinct sentence once."""
 
     def __init__(self, model: PairRegressor, tokens: PairTokenizer, labels: LabelScale,
-                 batch_size: int = 128, device: torch.device | str = "cpu"):
+                 batch_size: int = 128, device: torch.device | str = "cpu", accelerator=None):
         self.model = model
         self.tokens = tokens
         self.labels = labels
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.accelerator = accelerator if accelerator is not None and accelerator.num_processes > 1 else None
 
     @torch.inference_mode()
     def predict_normalized(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
@@ -28,7 +35,8 @@ class Predictor:
         self.model.eval()
         try:
             if self.model.cfg.arch == "cross":
-                return self._cross(s1, s2)
+                encoded = [e[0] for e in self.tokens.encode_pairs(s1, s2)]
+                return self._run(encoded, self.model).double().numpy()
             return self._bi(s1, s2)
         finally:
             self.model.train(was_training)
@@ -36,25 +44,10 @@ class Predictor:
     def predict(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
         return self.labels.denormalize(self.predict_normalized(s1, s2))
 
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def _cross(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
-        encoded = [e[0] for e in self.tokens.encode_pairs(s1, s2)]
-        out = np.empty(len(encoded), dtype=np.float64)
-        for idx in length_sorted_batches([len(e) for e in encoded], self.batch_size):
-            batch = self._to_device(self.tokens.pad([encoded[i] for i in idx]))
-            out[idx] = self.model(**batch).double().cpu().numpy()
-        return out
-
+    @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean-pooled embeddings (float32, on the CPU) of ``texts``, in order."""
-        encoded = self.tokens.encode_texts(texts)
-        out = torch.empty((len(encoded), self.model.encoder.config.hidden_size), dtype=torch.float32)
-        for idx in length_sorted_batches([len(e) for e in encoded], self.batch_size):
-            batch = self._to_device(self.tokens.pad([encoded[i] for i in idx]))
-            out[torch.as_tensor(idx)] = self.model.embed(**batch).float().cpu()
-        return out
+        return self._run(self.tokens.encode_texts(texts), self.model.embed)
 
     def _bi(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
         unique = list(dict.fromkeys([*s1, *s2]))
@@ -63,3 +56,30 @@ class Predictor:
         a = emb[torch.tensor([where[s] for s in s1])]
         b = emb[torch.tensor([where[s] for s in s2])]
         return torch.nn.functional.cosine_similarity(a, b, dim=-1).double().numpy()
+
+    def _run(self, items: list[Encoded], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """``fn`` over length-sorted batches of ``items``; rows (float32, CPU) in input order."""
+        order = np.argsort(-np.asarray([len(e) for e in items]), kind="stable")
+        loader = DataLoader([items[i] for i in order], batch_size=self.batch_size, collate_fn=self.tokens.pad)
+        if self.accelerator is not None:
+            loader = _shard(loader, self.accelerator)
+        outputs = []
+        for batch in loader:
+            out = fn(**{k: v.to(self.device) for k, v in batch.items()})
+            if self.accelerator is not None:
+                out = self.accelerator.gather_for_metrics(out)
+            outputs.append(out.float().cpu())
+        rows = torch.cat(outputs)
+        result = torch.empty_like(rows)
+        result[torch.as_tensor(order)] = rows
+        return result
+
+
+def _shard(loader: DataLoader, accelerator) -> DataLoader:
+    """Each process takes every n-th batch; the last round is padded (and the padding dropped again by
+    ``gather_for_metrics``). Not registered with the accelerator: nothing of it goes into checkpoints."""
+    from accelerate.data_loader import prepare_data_loader
+
+    return prepare_data_loader(loader, device=None, num_processes=accelerator.num_processes,
+                               process_index=accelerator.process_index, split_batches=False,
+                               put_on_device=False, even_batches=True)

@@ -57,7 +57,7 @@ class Run:
 
     @property
     def score_range(self) -> Optional[tuple[float, float]]:
-        rng = self.config.get("data", {}).get("score_range")
+        rng = self.config.get("resolved", {}).get("score_range")
         return tuple(rng) if rng else None
 
 

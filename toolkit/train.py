@@ -1,7 +1,7 @@
-"""Training: one loop, on Accelerate, for one CPU process, one GPU or many.
+"""Training: one loop, on Accelerate, for one CPU process, one GPU, many GPUs or DeepSpeed ZeRO.
 
 Read top to bottom: settings, data, model, optimiser and schedule, the epoch loop with dev
-evaluation, early stopping and best-checkpoint saving, then the summary.
+evaluation, early stopping, best-checkpoint saving and resumable checkpoints, then the summary.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -20,15 +20,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
+from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from .distributed import gathered, make_accelerator, resolve_precision
 from .errors import ToolkitError
-from .io_utils import atomic_dir, write_json
+from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import load_tokenizer, resolve_model
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor
 from .predict import Predictor
 from .run import CONFIG, METRICS, WEIGHTS_DIR, base_reference, write_config
-from .sources import PairChunk, PairSource, SourceOptions
+from .sources import Columns, PairChunk, PairSource, SourceOptions
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 DEFAULT_LR = {"none": 2e-5}
@@ -39,35 +41,51 @@ DEFAULT_ADAPTER_LR = 1e-3
 class TrainConfig:
     epochs: int = 4
     batch_size: int = 16  # per device
+    global_batch_size: Optional[int] = None  # if set: per device = this / (processes x grad_accum)
     grad_accum: int = 1
     lr: Optional[float] = None  # None: DEFAULT_LR for the adapter type
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
-    precision: str = "no"  # no | bf16 | fp16 (GPU)
+    precision: str = "auto"  # auto (the accelerate config's, else no) | no | bf16 | fp16
     group_by_length: bool = True
     patience: Optional[int] = 2  # epochs without dev improvement before stopping; None: never
     metric: str = "spearman"
     eval_batch_size: int = 128
     normalize: str = "auto"  # range | zscore | auto (range when a score range is declared)
+    save_steps: int = 0  # also checkpoint every N optimiser steps (0: at epoch ends only)
+    keep_checkpoint: bool = False  # keep the resumable checkpoint after a finished run
 
     def resolved_lr(self, adapter: str) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ToolkitError("--epochs, --batch-size and --grad-accum must be at least 1")
+        if min(self.epochs, self.batch_size, self.grad_accum, self.eval_batch_size) < 1:
+            raise ToolkitError("--epochs, --batch-size, --grad-accum and --eval-batch-size must be at least 1")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ToolkitError("--global-batch-size must be at least 1")
         if self.metric not in HIGHER_IS_BETTER:
             raise ToolkitError(f"--metric must be one of {', '.join(HIGHER_IS_BETTER)}")
-        if self.precision not in ("no", "bf16", "fp16"):
-            raise ToolkitError("--precision must be no, bf16 or fp16")
+        if self.precision not in ("auto", "no", "bf16", "fp16"):
+            raise ToolkitError("--precision must be auto, no, bf16 or fp16")
         if self.normalize not in ("auto", "range", "zscore"):
             raise ToolkitError("--normalize must be auto, range or zscore")
         if not 0 <= self.warmup_ratio < 1:
             raise ToolkitError("--warmup-ratio must be in [0, 1)")
         if self.lr is not None and not self.lr > 0:
             raise ToolkitError("--lr must be positive")
+        if self.save_steps < 0:
+            raise ToolkitError("--save-steps must be 0 or more")
+
+    def per_device_batch(self, processes: int) -> int:
+        if self.global_batch_size is None:
+            return self.batch_size
+        parts = processes * self.grad_accum
+        if self.global_batch_size % parts:
+            raise ToolkitError(f"--global-batch-size {self.global_batch_size} is not divisible by {processes} "
+                               f"processes x {self.grad_accum} accumulation steps")
+        return self.global_batch_size // parts
 
 
 @dataclass
@@ -84,13 +102,23 @@ class DataConfig:
             opts.table, opts.query = self.dev_table, self.dev_query
         return opts
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        source = dict(d["source"])
+        source["columns"] = Columns(**source["columns"])
+        if source.get("score_range") is not None:
+            source["score_range"] = tuple(source["score_range"])
+        return cls(d["train"], d["dev"], SourceOptions(**source), d.get("dev_table"), d.get("dev_query"))
+
 
 @dataclass
 class TrainResult:
-    """What ``train`` returns: the summary written to metrics.json and the best checkpoint's dev predictions."""
+    """What ``train`` returns: the summary written to metrics.json, the best checkpoint's dev
+    predictions, and the model as training left it (unwrapped; its last state, not the best)."""
 
     summary: dict
     dev_predictions: np.ndarray
+    model: Any = None
 
 
 class RunLog:
@@ -111,6 +139,11 @@ class RunLog:
         if self.enabled:
             with open(self.folder / "train_log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    def rewrite(self, history: list[dict]) -> None:
+        """On resume: the records of the checkpoint, without any written after it."""
+        if self.enabled:
+            write_text(self.folder / "train_log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
 
 
 def _read(path: str, options: SourceOptions, what: str, log: RunLog) -> tuple[PairChunk, PairSource]:
@@ -134,45 +167,75 @@ def _label_scale(cfg: TrainConfig, model_cfg: ModelConfig, score_range, train_sc
     return LabelScale.from_scores(train_scores)
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def check_precision(precision: str) -> None:
-    if precision == "no":
-        return
-    if not torch.cuda.is_available():
-        raise ToolkitError(f"--precision {precision} needs a CUDA GPU; none is available here (use --precision no)")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ToolkitError("--precision bf16: this GPU has no bf16 support (use fp16)")
+def _align_deepspeed(accelerator, per_device: int, cfg: TrainConfig) -> Optional[dict]:
+    """The DeepSpeed config, with our settings where it says "auto"; a fixed value that disagrees
+    with them is an error (our config owns batch sizes, accumulation and clipping)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    ds = plugin.deepspeed_config
+    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": per_device * accelerator.num_processes * cfg.grad_accum,
+            "gradient_clipping": cfg.max_grad_norm}
+    for key, value in ours.items():
+        fixed = ds.get(key, "auto")
+        if fixed != "auto" and float(fixed) != float(value):
+            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
+                               f"set it to \"auto\" (the toolkit's flags own it)")
+    ds.update(ours)  # accelerate would fill clipping "auto" with 1.0 and cannot read our batch sampler's size
+    if ("optimizer" in ds) != ("scheduler" in ds):
+        raise ToolkitError("the DeepSpeed config names an optimizer without a scheduler (or the reverse): "
+                           "give both, with \"auto\" values, or neither")
+    return ds
+
+
+def _batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """Dropout's randomness as a function of where training stands, not of what ran before: a run
+    resumed mid-epoch draws the same masks as an uninterrupted one (a restored RNG would not, since
+    building the data iterator after the restore draws from it), and ranks draw different masks."""
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0])
 
 
 def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
-          overwrite: bool = False) -> TrainResult:
-    """Train an adapter (or the full model) and write a self-describing run directory."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+          overwrite: bool = False, resume: bool = False) -> TrainResult:
+    """Train an adapter (or the full model) and write a self-describing run directory.
+
+    ``resume`` continues ``out`` from its last checkpoint (model, optimiser, scheduler, RNG, step,
+    early-stopping state): the result equals an uninterrupted run's.
+    """
+    from accelerate.utils import DummyOptim, DummyScheduler, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     # -- settings ---------------------------------------------------------------------------------
     out = Path(out)
     model_cfg.validate()
     cfg.validate()
-    check_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
-    if (out / CONFIG).exists() and not overwrite:
-        raise ToolkitError(f"{out}: already holds a run; choose another --out or pass --overwrite")
-    accelerator = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+    if not resume and (out / CONFIG).exists() and not overwrite:
+        raise ToolkitError(f"{out}: already holds a run; choose another --out, pass --overwrite, or --resume it")
+    checkpoint = find_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        raise ToolkitError(f"{out}: no checkpoint to resume from"
+                           + (" (the run finished)" if (out / METRICS).exists() else ""))
+    accelerator = make_accelerator(precision, cfg.grad_accum)
+    per_device = cfg.per_device_batch(accelerator.num_processes)
+    ds_config = _align_deepspeed(accelerator, per_device, cfg)
     main = accelerator.is_main_process
-    if main:
+    if main and not resume:
         out.mkdir(parents=True, exist_ok=True)
+        remove_checkpoints(out)
         for name in ("train.log", "train_log.jsonl", METRICS):
             (out / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     log = RunLog(out, main)
     set_seed(cfg.seed)
 
@@ -191,106 +254,158 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
                            model_cfg.max_length)
     counts = model.parameter_counts()
     lr = cfg.resolved_lr(model_cfg.adapter)
-    if main:
-        write_config(out, model_cfg, labels, base,
-                     train={**dataclasses.asdict(cfg), "lr": lr},
-                     data={"train": str(data.train), "dev": str(data.dev), "score_range": score_range,
-                           "columns": dataclasses.asdict(train_src.columns),
-                           "format": data.source.format, "train_rows": len(train_pairs),
-                           "dev_rows": len(dev_pairs)})
+    effective = per_device * accelerator.num_processes * cfg.grad_accum
+    if main and not resume:
+        write_config(out, model_cfg, labels, base, train={**dataclasses.asdict(cfg), "lr": lr},
+                     data=dataclasses.asdict(data),
+                     resolved={"score_range": score_range, "columns": dataclasses.asdict(train_src.columns),
+                               "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
+                               "processes": accelerator.num_processes, "per_device_batch": per_device,
+                               "effective_batch": effective})
 
     dataset = PairDataset(tokens.encode_pairs(train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores))
-    sampler = LengthGroupedBatchSampler(dataset.lengths(), cfg.batch_size, cfg.seed, cfg.group_by_length)
+    # global batches; each process takes its share (split_batches), see distributed.make_accelerator
+    sampler = LengthGroupedBatchSampler(dataset.lengths(), per_device * accelerator.num_processes, cfg.seed,
+                                        cfg.group_by_length)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=tokens.collate)
 
     # -- optimiser and schedule ---------------------------------------------------------------------
-    optimizer = _optimizer(model, lr, cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / cfg.grad_accum)
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    groups = _param_groups(model, cfg.weight_decay)
+    if ds_config is not None and "optimizer" in ds_config:  # DeepSpeed builds them; "auto" filled from ours
+        optimizer = DummyOptim(groups, lr=lr, weight_decay=cfg.weight_decay)
+        scheduler = DummyScheduler(optimizer, total_num_steps=total_steps, warmup_num_steps=warmup_steps)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    effective = cfg.batch_size * accelerator.num_processes * cfg.grad_accum
+    unwrapped = accelerator.unwrap_model(model)
     log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
     log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
             f"(score = {labels.offset:g} + {labels.scale:g} * y)")
-    log.say(f"batch {cfg.batch_size} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
-            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; lr {lr:g}; device "
-            f"{accelerator.device}")
+    log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}"
+            f"{' ZeRO-' + str(accelerator.state.deepspeed_plugin.zero_stage) if ds_config else ''}, "
+            f"device {accelerator.device}, precision {precision}")
+    log.say(f"batch {per_device} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
+            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; lr {lr:g}")
 
-    predictor = Predictor(accelerator.unwrap_model(model), tokens, labels, cfg.eval_batch_size, accelerator.device)
+    predictor = Predictor(unwrapped, tokens, labels, cfg.eval_batch_size, accelerator.device, accelerator)
 
     def evaluate() -> tuple[np.ndarray, dict, list[str]]:
-        pred = predictor.predict(dev_pairs.s1, dev_pairs.s2)
+        with accelerator.autocast():
+            pred = predictor.predict(dev_pairs.s1, dev_pairs.s2)
         return (pred, *evaluate_predictions(pred, dev_pairs.scores, dev_pairs.groups, ci=False))
 
     def save_best() -> None:
-        if main:
-            with atomic_dir(out / WEIGHTS_DIR) as tmp:
-                accelerator.unwrap_model(model).save_weights(tmp)
+        """Adapter (+ head), or all weights: gathered from ZeRO-3 partitions, written by the main process."""
+        params = [p for p in unwrapped.parameters() if p.requires_grad or model_cfg.adapter == "none"]
+        with gathered(accelerator, params):
+            if main:
+                with atomic_dir(out / WEIGHTS_DIR) as tmp:
+                    unwrapped.save_weights(tmp)
+        accelerator.wait_for_everyone()
+
+    # -- state: fresh, or from the last checkpoint ----------------------------------------------------
+    if checkpoint is not None:
+        state, best_pred = load_checkpoint(accelerator, checkpoint)
+        log.rewrite(state.history)
+        log.say(f"resumed from {checkpoint.name}: epoch {state.epoch}, batch {state.batches_done}, "
+                f"step {state.global_step}")
+    else:
+        best_pred, dev, _ = evaluate()
+        state = TrainerState(best=dev, history=[{"epoch": 0, "dev": dev}])
+        save_best()
+        log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
+        log.record({"epoch": 0, "dev": dev})
 
     # -- epochs -----------------------------------------------------------------------------------
-    history: list[dict] = []
-    best_pred, dev, _ = evaluate()
-    best, best_epoch, since_best = dev, 0, 0
-    save_best()
-    log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
-    log.record({"epoch": 0, "dev": dev})
-    history.append({"epoch": 0, "dev": dev})
     start = time.time()
-    bar = tqdm(total=len(loader) * cfg.epochs, disable=not main, unit="batch",
-               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    stopped_early = False
-    for epoch in range(1, cfg.epochs + 1):
+    bar = tqdm(total=len(loader) * cfg.epochs, initial=(state.epoch - 1) * len(loader) + state.batches_done,
+               disable=not main, unit="batch", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    while not state.finished and state.epoch <= cfg.epochs:
+        epoch = state.epoch
         model.train()
-        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
+        epoch_loader.set_epoch(epoch)  # the batch order depends on (seed, epoch) only; accelerate's
+        sampler.set_epoch(epoch)       # skipping wrapper does not pass the epoch on, so set it here too
         bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-        epoch_start, losses, seen = time.time(), [], 0
-        for batch in loader:
+        epoch_start = time.time()
+        for batch in epoch_loader:
             with accelerator.accumulate(model):
-                labels_t = batch.pop("labels")
+                torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, accelerator.process_index))
+                targets = batch.pop("labels")
                 pred = model(**batch)
-                loss = F.mse_loss(pred.float(), labels_t.float())
+                loss = F.mse_loss(pred.float(), targets.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            losses.append(loss.item())
-            seen += len(labels_t)
+            state.epoch_losses.append(accelerator.reduce(loss.detach(), "mean").item())
+            state.epoch_seen += len(targets) * accelerator.num_processes
+            state.batches_done += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{np.mean(state.epoch_losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            refresh=False)
+            if accelerator.sync_gradients:
+                state.global_step += 1
+                if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+                    save_checkpoint(accelerator, out, state, best_pred)
         pred, dev, warnings = evaluate()
         for w in warnings:
             log.say(f"warning: dev {w}")
         elapsed = time.time() - epoch_start
-        entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev, "seconds": elapsed,
-                 "samples_per_s": seen * accelerator.num_processes / elapsed}
-        history.append(entry)
+        entry = {"epoch": epoch, "train_loss": float(np.mean(state.epoch_losses)), "dev": dev,
+                 "seconds": elapsed, "samples_per_s": state.epoch_seen / elapsed}
+        state.history.append(entry)
         log.record(entry)
-        improved = is_better(cfg.metric, dev[cfg.metric], best[cfg.metric])
+        improved = is_better(cfg.metric, dev[cfg.metric], state.best[cfg.metric])
         log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
                 f"{' (best)' if improved else ''} [{elapsed:.0f}s]")
         if improved:
-            best, best_epoch, since_best, best_pred = dev, epoch, 0, pred
+            state.best, state.best_epoch, state.since_best, best_pred = dev, epoch, 0, pred
             save_best()
         else:
-            since_best += 1
-            if cfg.patience and since_best >= cfg.patience and epoch < cfg.epochs:
-                stopped_early = True
-                log.say(f"early stop: no dev {cfg.metric} gain for {since_best} epochs")
-                break
+            state.since_best += 1
+        state.epoch, state.batches_done, state.epoch_losses, state.epoch_seen = epoch + 1, 0, [], 0
+        if cfg.patience and state.since_best >= cfg.patience and epoch < cfg.epochs:
+            state.finished = True
+            log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
+        save_checkpoint(accelerator, out, state, best_pred)
     bar.close()
 
     # -- summary ----------------------------------------------------------------------------------
     best_full, _ = evaluate_predictions(best_pred, dev_pairs.scores, dev_pairs.groups, ci=True)
-    summary = {"best_epoch": best_epoch, "metric": cfg.metric, "dev": best_full, "history": history,
-               "params": counts, "train_seconds": time.time() - start, "stopped_early": stopped_early,
+    summary = {"best_epoch": state.best_epoch, "metric": cfg.metric, "dev": best_full, "history": state.history,
+               "params": counts, "train_seconds": time.time() - start,
+               "stopped_early": state.finished and state.epoch <= cfg.epochs,
+               "processes": accelerator.num_processes, "per_device_batch": per_device,
                "effective_batch_size": effective}
+    accelerator.wait_for_everyone()
     if main:
         write_json(out / METRICS, summary)
-    log.say(f"best epoch {best_epoch}: dev {format_metrics(best_full)}")
+        if not cfg.keep_checkpoint:
+            remove_checkpoints(out)
+    accelerator.wait_for_everyone()
+    log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
     log.say(f"run saved to {out}")
-    return TrainResult(summary, best_pred)
+    return TrainResult(summary, best_pred, unwrapped)
 
+
+def resume(run_dir: str | Path) -> TrainResult:
+    """Continue a run from its last checkpoint, with the settings it was started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ToolkitError(f"{run_dir}: not a run directory (no {CONFIG})")
+    config = read_json(run_dir / CONFIG)
+    try:
+        model_cfg = ModelConfig(**config["model"])
+        cfg = TrainConfig(**config["train"])
+        data = DataConfig.from_dict(config["data"])
+    except (KeyError, TypeError) as e:
+        raise ToolkitError(f"{run_dir / CONFIG}: cannot resume a run of another version ({e})") from None
+    return train(run_dir, data, model_cfg, cfg, resume=True)

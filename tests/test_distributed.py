@@ -1,0 +1,221 @@
+"""The distributed path, for real: ``accelerate launch`` starting 2 CPU processes that form one gloo
+world (checked inside the workers, not taken from what the launcher prints), DDP against a
+single-process run of the same effective batch, DeepSpeed ZeRO-2 and ZeRO-3, resume after SIGKILL,
+and the bad configurations that must fail at start."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import write_stsb_slice
+from toolkit.metrics import evaluate_predictions
+from toolkit.model import ModelConfig
+from toolkit.run import load_run
+from toolkit.sources import SourceOptions, read_pairs
+from toolkit.train import DataConfig, TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "launch" / "configs"
+WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "tests")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: str, script: Path, *args: str, extra: tuple[str, ...] = (), timeout: int = 600):
+    """``accelerate launch`` as a user runs it, from the repository root (the configs' paths are relative)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+           "--main_process_port", str(free_port()), *extra, str(script), *args]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def toolkit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "toolkit.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
+    """64 training pairs (4 global batches of 16) and an odd 61 dev pairs: sharded evaluation must
+    pad, and then drop the padding again."""
+    root = tmp_path_factory.mktemp("dist_pairs")
+    return {"train": write_stsb_slice(root / "train.csv", "train", 64),
+            "dev": write_stsb_slice(root / "dev.csv", "dev", 61)}
+
+
+def single_process_metrics(run_dir: Path, dev: Path) -> dict:
+    """The saved run, loaded and evaluated in this (single) process: the independent reference."""
+    run = load_run(run_dir)
+    gold, _ = read_pairs(dev, SourceOptions())
+    pred = run.predictor(batch_size=16, device="cpu").predict(gold.s1, gold.s2)
+    return evaluate_predictions(pred, gold.scores, ci=False)[0]
+
+
+def test_ddp_two_processes_one_world_matches_single_process(tmp_path, pairs):
+    model = {"max_length": 64, "dropout": 0.0}
+    train_cfg = {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 16}
+    spec = {"out": str(tmp_path / "ddp"), "train": str(pairs["train"]), "dev": str(pairs["dev"]),
+            "reports": str(tmp_path), "model": model, "train_cfg": {**train_cfg, "batch_size": 8}}
+    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 and r["launcher_world_size"] == 2 for r in reports)
+    assert reports[0]["digest"] == reports[1]["digest"]  # identical weights on both ranks after training
+    assert reports[0]["dev_predictions"] == reports[1]["dev_predictions"]  # every rank gets the full gather
+
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["processes"] == 2 and ddp["per_device_batch"] == 8 and ddp["effective_batch_size"] == 16
+    log = (tmp_path / "ddp" / "train.log").read_text()
+    assert "batch 8 per device x 2 processes x 1 accumulation = 16 effective" in log
+    assert log.count("epoch 2 loss") == 1  # only the main process writes the log
+
+    # gathered dev metrics (61 pairs over 2 ranks, padded) == this process's evaluation of the saved model
+    assert len(reports[0]["dev_predictions"]) == 61
+    reference = single_process_metrics(tmp_path / "ddp", pairs["dev"])
+    for key in ("spearman", "pearson", "mse"):
+        assert ddp["dev"][key] == pytest.approx(reference[key], abs=1e-5)
+
+    # one process with the same effective batch: the same run, up to float summation order
+    data = DataConfig(str(pairs["train"]), str(pairs["dev"]), SourceOptions())
+    single = train(tmp_path / "single", data, ModelConfig(**model), TrainConfig(**train_cfg, batch_size=16)).summary
+    assert single["processes"] == 1 and single["effective_batch_size"] == 16
+    for a, b in zip(ddp["history"][1:], single["history"][1:]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        for key in ("spearman", "pearson", "mse"):
+            assert a["dev"][key] == pytest.approx(b["dev"][key], abs=1e-4), (a["epoch"], key)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_cpu_processes_saves_a_loadable_adapter(tmp_path, pairs, stage):
+    out = tmp_path / f"zero{stage}"
+    proc = launch(f"ds_zero{stage}.yaml", REPO / "launch" / "train.py",
+                  "--train", str(pairs["train"]), "--dev", str(pairs["dev"]), "--out", str(out),
+                  "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--metric", "mse", "--patience", "0",
+                  "--max-length", "64", "--eval-batch-size", "16",
+                  extra=("--num_processes", "2", "--mixed_precision", "no"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert f"world 2 process(es), deepspeed ZeRO-{stage}" in log
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["best_epoch"] >= 1  # trained weights were saved, not the untouched initial adapter
+    tensors = load_file(out / "adapter" / "adapter.safetensors")
+    assert tensors and all(t.size > 0 for t in tensors.values())  # gathered, not empty ZeRO-3 shards
+    assert any(np.abs(t).max() > 0 for k, t in tensors.items() if "adapter_up" in k)
+    reference = single_process_metrics(out, pairs["dev"])
+    for key in ("spearman", "pearson", "mse"):
+        assert summary["dev"][key] == pytest.approx(reference[key], abs=1e-5)
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "metrics.json").read_text())["history"]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, small_stsb):
+    args = ["--train", str(small_stsb["train"]), "--dev", str(small_stsb["dev"]), "--limit", "96", "--epochs", "2",
+            "--batch-size", "8", "--max-length", "64", "--patience", "0", "--save-steps", "3"]
+    ref = subprocess.run(toolkit_cmd("train", *args, "--out", str(tmp_path / "ref")), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(toolkit_cmd("train", *args, "--out", str(run)), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = run / "checkpoint" / "trainer_state.json"
+    try:
+        while proc.poll() is None:  # 12 batches an epoch; a checkpoint every 3 steps
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):  # not there yet, or being swapped in
+                state = {}
+            if state.get("epoch") == 2 and state.get("batches_done", 0) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.3)  # kill between checkpoints, with batches trained after the last one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / "metrics.json").exists()
+
+    resumed = subprocess.run(toolkit_cmd("train", "--resume", str(run)), env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from checkpoint: epoch 2" in resumed.stderr + resumed.stdout
+    a, b = _history(tmp_path / "ref"), _history(run)
+    assert [h["epoch"] for h in a] == [h["epoch"] for h in b] == [0, 1, 2]
+    assert a[2]["train_loss"] == pytest.approx(b[2]["train_loss"], rel=1e-9)  # the interrupted epoch
+    for x, y in zip(a, b):
+        for key in ("spearman", "pearson", "mse", "mae"):
+            assert x["dev"][key] == pytest.approx(y["dev"][key], rel=1e-9)
+    assert (run / "train_log.jsonl").read_text().count('"epoch": 2') == 1
+    assert not (run / "checkpoint").exists()  # removed once the run finished
+
+    again = subprocess.run(toolkit_cmd("train", "--resume", str(run)), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2 and "no checkpoint to resume from (the run finished)" in again.stderr
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if message in line]
+    assert any(line.startswith(message) for line in ours), proc.stderr[-2000:]  # rank 0's, unprefixed
+    assert all(line.startswith((message, "[rank 1] " + message)) for line in ours)
+    assert "Traceback" not in proc.stderr.split("torch.distributed.elastic")[0].split(message)[0]
+
+
+def test_bad_configurations_fail_at_start_with_one_line(tmp_path, pairs):
+    base = ["--train", str(pairs["train"]), "--dev", str(pairs["dev"]), "--max-length", "32"]
+    proc = launch("cpu_2proc.yaml", REPO / "launch" / "train.py", *base, "--global-batch-size", "9",
+                  "--out", str(tmp_path / "a"))
+    _one_line_error(proc, "--global-batch-size 9 is not divisible by 2 processes x 1 accumulation steps")
+    assert not (tmp_path / "a").exists()
+
+    config = (CONFIGS / "ds_zero2.yaml").read_text().replace("launch/configs/ds_zero2.json", str(tmp_path / "no.json"))
+    (tmp_path / "ds.yaml").write_text(config)
+    proc = launch(str(tmp_path / "ds.yaml"), REPO / "launch" / "train.py", *base, "--out", str(tmp_path / "b"),
+                  extra=("--num_processes", "2", "--mixed_precision", "no"))
+    _one_line_error(proc, f"DeepSpeed config file {tmp_path / 'no.json'} not found")
+
+    fixed = json.loads((CONFIGS / "ds_zero2.json").read_text())
+    fixed["train_micro_batch_size_per_gpu"] = 4
+    (tmp_path / "fixed.json").write_text(json.dumps(fixed))
+    (tmp_path / "fixed.yaml").write_text(config.replace(str(tmp_path / "no.json"), str(tmp_path / "fixed.json")))
+    proc = launch(str(tmp_path / "fixed.yaml"), REPO / "launch" / "train.py", *base, "--out", str(tmp_path / "c"),
+                  extra=("--num_processes", "2", "--mixed_precision", "no"))
+    _one_line_error(proc, "the DeepSpeed config fixes train_micro_batch_size_per_gpu=4, but the training settings "
+                          "give 16")
+
+
+def test_shipped_configs_parse_and_leave_our_settings_auto():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"one_gpu": ("NO", 1), "ddp_bf16": ("MULTI_GPU", 8), "ds_zero2": ("DEEPSPEED", 8),
+                "ds_zero3": ("DEEPSPEED", 8), "multi_node_2x8": ("MULTI_GPU", 16), "cpu_2proc": ("MULTI_GPU", 2)}
+    for name, (kind, processes) in expected.items():
+        config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+        assert (config.distributed_type.value, config.num_processes) == (kind, processes), name
+        if kind == "DEEPSPEED":
+            path = REPO / config.deepspeed_config["deepspeed_config_file"]
+            ds = json.loads(path.read_text())
+            assert ds["zero_optimization"]["stage"] == int(name[-1])
+            for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
+                        "gradient_clipping"):
+                assert ds[key] == "auto", (path.name, key)
+            assert ds["optimizer"]["params"]["lr"] == "auto" and ds["scheduler"]["params"]["warmup_max_lr"] == "auto"
+    assert load_config_from_file(str(CONFIGS / "multi_node_2x8.yaml")).num_machines == 2
