@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
     model_cfg = ModelConfig(base_model=args.model, arch=args.arch, adapter=args.adapter,
                             reduction_factor=args.reduction_factor, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                            max_length=args.max_length, dropout=args.dropout,
+                            max_length=args.max_length, dropout=args.dropout, fused_kernel=args.fused_kernel,
                             trust_remote_code=args.trust_remote_code)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, global_batch_size=args.global_batch_size,
                       grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
@@ -188,6 +188,8 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: %(default)s)")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: equal to the rank)")
     g.add_argument("--max-length", type=int, default=128, help="tokens per input (default: %(default)s)")
+    g.add_argument("--fused-kernel", default="auto", choices=("auto", "on", "off"),
+                   help="Triton kernel for bottleneck adapters (default auto: on with a CUDA GPU and Triton)")
     g.add_argument("--dropout", type=float, help="rate of every dropout layer (default: the model's own)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own code (auto_map)")
     g = p.add_argument_group("training")

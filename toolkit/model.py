@@ -42,6 +42,7 @@ class ModelConfig:
     max_length: int = 128
     head_layers: int = 2
     dropout: Optional[float] = None  # every dropout layer's rate; None keeps the model's own (0.1 for BERT)
+    fused_kernel: str = "auto"  # Triton bottleneck kernel: auto (on with CUDA + Triton) | on | off
     trust_remote_code: bool = False
 
     def validate(self) -> None:
@@ -57,6 +58,31 @@ class ModelConfig:
             raise ToolkitError("--max-length must be at least 8")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ToolkitError("--dropout must be in [0, 1)")
+        if self.fused_kernel not in ("auto", "on", "off"):
+            raise ToolkitError("--fused-kernel must be auto, on or off")
+
+
+def use_fused_kernel(mode: str) -> bool:
+    """``auto``: where the kernel runs natively (CUDA and Triton). ``on`` also accepts the Triton
+    interpreter on the CPU (TRITON_INTERPRET=1: slow, for tests)."""
+    if mode == "off":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if mode == "on":
+            raise ToolkitError("--fused-kernel on needs Triton (it comes with CUDA builds of torch)") from None
+        return False
+    if torch.cuda.is_available():
+        return True
+    if mode == "on":
+        from kernels.adapter_bottleneck import interpreting
+
+        if not interpreting():
+            raise ToolkitError("--fused-kernel on needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernel "
+                               "on the CPU, slowly, for testing)")
+        return True
+    return False
 
 
 def adapter_config(cfg: ModelConfig):
@@ -128,6 +154,12 @@ class PairRegressor(nn.Module):
                     module.p = cfg.dropout
                 if isinstance(getattr(module, "dropout_prob", None), float):  # SDPA attention keeps a float
                     module.dropout_prob = cfg.dropout
+        if use_fused_kernel(cfg.fused_kernel):
+            from kernels.adapter_module import fuse_adapters
+
+            if fuse_adapters(encoder) == 0 and cfg.fused_kernel == "on":
+                raise ToolkitError(f"--fused-kernel on: adapter {cfg.adapter} has no bottleneck layers the kernel "
+                                   "fuses (seq_bn and double_seq_bn do)")
         model = cls(encoder, cfg)
         model.eval()
         return model

@@ -61,7 +61,8 @@ class Run:
         return tuple(rng) if rng else None
 
 
-def load_run(folder: str | Path, trust_remote_code: bool = False) -> Run:
+def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto") -> Run:
+    """``fused_kernel`` is chosen where the run is used, not where it was trained: the weights are the same."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise ToolkitError(f"{folder}: not a run directory (no {CONFIG}); train one with `toolkit train`")
@@ -73,6 +74,7 @@ def load_run(folder: str | Path, trust_remote_code: bool = False) -> Run:
     except (KeyError, TypeError) as e:
         raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
     model_cfg.trust_remote_code = model_cfg.trust_remote_code or trust_remote_code
+    model_cfg.fused_kernel = fused_kernel
     _, base_folder = resolve_model(base["name"])
     digest = weights_sha256(base_folder)
     if digest != base["weights_sha256"]:

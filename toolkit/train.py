@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
-from .distributed import gathered, make_accelerator, resolve_precision
+from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
@@ -248,6 +248,11 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     labels = _label_scale(cfg, model_cfg, score_range, train_pairs.scores)
 
     # -- model ------------------------------------------------------------------------------------
+    if zero_stage(accelerator) == 3 and model_cfg.fused_kernel != "off":
+        if model_cfg.fused_kernel == "on":  # ZeRO-3 gathers weights in module hooks the kernel bypasses
+            raise ToolkitError("--fused-kernel on does not work under DeepSpeed ZeRO-3: "
+                               "use ZeRO-2 or --fused-kernel off")
+        model_cfg = dataclasses.replace(model_cfg, fused_kernel="off")
     base = base_reference(model_cfg)
     model = PairRegressor.create(model_cfg, base_folder)
     tokens = PairTokenizer(load_tokenizer(base_folder, model_cfg.trust_remote_code), model_cfg.arch,

@@ -1,0 +1,191 @@
+"""The fused adapter kernel against a float64 PyTorch reference, on the CPU through the Triton
+interpreter (TRITON_INTERPRET=1, set in conftest before Triton is imported): forward and every
+gradient, shapes that do not fill the blocks, outputs poisoned with NaN before each run, and the
+swap into a real model (equal outputs and gradients, saved and loaded in the adapters format)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1 (set by conftest)", allow_module_level=True)
+
+from kernels.adapter_bottleneck import ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
+from kernels.adapter_module import FusedBottleneckAdapter, fusable, unfuse_adapters  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (dtype, atol, rtol); atol is relative to the largest reference value of the tensor compared.
+TOLERANCE = {
+    torch.float32: (1e-5, 1e-4),
+    # relaxed: bf16 keeps 8 significant bits; every dot input is rounded to bf16 (as eager does) and
+    # y/dx are stored in bf16, so errors of a few bf16 ulps (2^-8 = 4e-3) of the largest value are expected
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every tensor the host functions allocate starts as NaN: an element the kernels fail to
+    write shows up in the comparison instead of passing as leftover memory."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
+def _inputs(T: int, H: int, r: int, dtype: torch.dtype, separate_residual: bool, seed: int):
+    g = torch.Generator().manual_seed(seed)  # fresh random inputs for every case, never zeros
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(DEVICE, dtype)
+
+    x = rand(T, H)
+    residual = rand(T, H) if separate_residual else None
+    w_down, b_down = rand(r, H, scale=H ** -0.5), rand(r, scale=0.5)
+    w_up, b_up = rand(H, r, scale=r ** -0.5), rand(H, scale=0.5)
+    dy = rand(T, H)
+    return x, residual, w_down, b_down, w_up, b_up, dy
+
+
+def _close(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    atol, rtol = TOLERANCE[dtype]
+    assert not torch.isnan(got).any(), f"{name}: NaN (an element was never written)"
+    torch.testing.assert_close(got.double().cpu(), want.cpu(), atol=atol * want.abs().max().item(), rtol=rtol,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def _check(T, H, r, dtype, activation, separate_residual, seed, scale=0.75):
+    x, residual, w_down, b_down, w_up, b_up, dy = _inputs(T, H, r, dtype, separate_residual, seed)
+    leaves = [t.clone().requires_grad_() for t in (x, w_down, b_down, w_up, b_up)]
+    res_leaf = residual.clone().requires_grad_() if residual is not None else None
+    y = FusedAdapterFunction.apply(leaves[0], res_leaf, *leaves[1:], scale, activation)
+    y.backward(dy)
+
+    ref = [t.detach().double().requires_grad_() for t in (x, w_down, b_down, w_up, b_up)]
+    ref_res = residual.double().requires_grad_() if residual is not None else None
+    y_ref = adapter_bottleneck_reference(ref[0], ref_res, *ref[1:], scale, activation)
+    y_ref.backward(dy.double())
+
+    assert y.dtype == dtype and y.shape == (T, H)
+    _close("y", y.detach(), y_ref.detach(), dtype)
+    for name, got, want in zip(("dx", "dW_down", "db_down", "dW_up", "db_up"), leaves, ref):
+        assert got.grad.dtype == dtype
+        _close(name, got.grad, want.grad, dtype)
+    if residual is not None:
+        _close("d_residual", res_leaf.grad, ref_res.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("r", [8, 16, 64])
+@pytest.mark.parametrize("H,T", [(384, 130), (768, 100), (1024, 67)])  # T: not a multiple of the 64-row block
+def test_forward_and_gradients_match_float64_reference(poisoned, H, T, r, dtype):
+    for separate_residual in (False, True):  # the residual is x (double_seq_bn) or another tensor (seq_bn)
+        _check(T, H, r, dtype, "relu", separate_residual, seed=hash((H, T, r, str(dtype), separate_residual)) % 2**31)
+
+
+@pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a != "relu"])
+def test_other_activations(poisoned, activation):
+    for dtype in (torch.float32, torch.bfloat16):
+        _check(77, 384, 16, dtype, activation, True, seed=len(activation))
+
+
+def test_tiny_and_single_row_inputs(poisoned):
+    _check(1, 384, 8, torch.float32, "relu", False, seed=3)
+    _check(5, 100, 3, torch.float32, "silu", True, seed=4)  # H and r far from any block size
+
+
+def test_inference_keeps_no_activation_and_needs_no_grad():
+    x, residual, w_down, b_down, w_up, b_up, _ = _inputs(40, 384, 16, torch.float32, True, seed=5)
+    with torch.inference_mode():
+        y = FusedAdapterFunction.apply(x, residual, w_down, b_down, w_up, b_up, 1.0, "relu")
+    want = adapter_bottleneck_reference(*(t.double() for t in (x, residual, w_down, b_down, w_up, b_up)), 1.0)
+    _close("y", y, want, torch.float32)
+
+
+def test_bad_shapes_are_refused():
+    x, residual, w_down, b_down, w_up, b_up, _ = _inputs(8, 384, 16, torch.float32, True, seed=6)
+    with pytest.raises(ValueError, match="adapter shapes do not fit"):
+        FusedAdapterFunction.apply(x, residual, w_down, b_down, w_up.t(), b_up, 1.0, "relu")
+    with pytest.raises(ValueError, match="unsupported activation"):
+        FusedAdapterFunction.apply(x, residual, w_down, b_down, w_up, b_up, 1.0, "softplus")
+
+
+# -- in the model --------------------------------------------------------------------------------------
+
+def _models(adapter: str):
+    from toolkit.loading import resolve_model
+    from toolkit.model import ModelConfig, PairRegressor
+
+    _, folder = resolve_model("all-MiniLM-L6-v2")
+    fused = PairRegressor.create(ModelConfig(adapter=adapter, fused_kernel="on", dropout=0.0), folder)
+    plain = PairRegressor.create(ModelConfig(adapter=adapter, fused_kernel="off", dropout=0.0), folder)
+    g = torch.Generator().manual_seed(7)  # trained-looking adapters: the fresh ones are the identity
+    weights = {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in plain.state_dict().items() if ".adapters." in k}
+    assert weights
+    for m in (fused, plain):
+        m.load_state_dict(weights, strict=False)
+        m.train()
+    return fused, plain
+
+
+@pytest.mark.parametrize("adapter,layers", [("seq_bn", 6), ("double_seq_bn", 12)])
+def test_fused_model_equals_library_model(adapter, layers):
+    fused, plain = _models(adapter)
+    assert sum(isinstance(m, FusedBottleneckAdapter) for m in fused.modules()) == layers
+    assert not any(isinstance(m, FusedBottleneckAdapter) for m in plain.modules())
+    assert list(fused.state_dict()) == list(plain.state_dict())  # same weights, same adapters-format keys
+    ids = torch.randint(1000, 20000, (3, 21), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0
+    a, b = fused.embed(ids, mask), plain.embed(ids, mask)
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5 * q.grad.abs().max().item(), rtol=1e-3,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+    assert unfuse_adapters(fused) == layers and not any(isinstance(m, FusedBottleneckAdapter) for m in fused.modules())
+
+
+def test_unsupported_layers_stay_with_the_library():
+    from adapters import ParBnConfig, SeqBnConfig
+
+    from toolkit.loading import load_adapter_model, resolve_model
+
+    _, folder = resolve_model("all-MiniLM-L6-v2")
+    model = load_adapter_model(folder)
+    model.add_adapter("ln", config=SeqBnConfig(ln_after=True))
+    model.add_adapter("par", config=ParBnConfig())
+    reasons = {fusable(m) for m in model.modules() if type(m).__name__ in ("Adapter", "ParallelAdapter")}
+    assert reasons == {"adapter layer norm", "not a sequential bottleneck Adapter"}
+
+
+def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_stsb):
+    from safetensors.numpy import load_file
+
+    from toolkit.metrics import evaluate_predictions
+    from toolkit.model import ModelConfig
+    from toolkit.run import load_run
+    from toolkit.sources import SourceOptions, read_pairs
+    from toolkit.train import DataConfig, TrainConfig, train
+
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=24))
+    result = train(tmp_path / "fused", data, ModelConfig(max_length=32, fused_kernel="on"),
+                   TrainConfig(epochs=1, batch_size=8, lr=3e-3, metric="mse", patience=None))
+    assert sum(isinstance(m, FusedBottleneckAdapter) for m in result.model.modules()) == 6
+    keys = set(load_file(tmp_path / "fused" / "adapter" / "adapter.safetensors"))
+    assert keys and all("adapter" in k for k in keys)
+    dev, _ = read_pairs(small_stsb["dev"], SourceOptions(limit=24))
+    for mode, layers in (("auto", 0), ("on", 6)):  # auto on the CPU: the library's own layers
+        run = load_run(tmp_path / "fused", fused_kernel=mode)
+        assert sum(isinstance(m, FusedBottleneckAdapter) for m in run.model.modules()) == layers
+        pred = run.predictor(device="cpu").predict(dev.s1, dev.s2)
+        metrics, _ = evaluate_predictions(pred, dev.scores, ci=False)
+        assert metrics["mse"] == pytest.approx(result.summary["dev"]["mse"], abs=1e-5)
