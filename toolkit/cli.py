@@ -100,12 +100,24 @@ def _data_path(text: str, split: str = "test") -> str:
     return text
 
 
+def _open_scorer(path: str, trust_remote_code: bool = False):
+    """A run directory (PyTorch) or an exported bundle (ONNX Runtime only: torch is not imported)."""
+    from pathlib import Path
+
+    from .bundle import METADATA, Bundle
+
+    if (Path(path) / METADATA).is_file():
+        return Bundle.load(path)
+    from .run import load_run
+
+    return load_run(path, trust_remote_code=trust_remote_code)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file
     from .metrics import format_metrics
-    from .run import load_run
 
-    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
+    run = _open_scorer(args.run, args.trust_remote_code)
     metrics, warnings, skipped = evaluate_file(run, _data_path(args.data), source_options(args),
                                                batch_size=args.batch_size, json_path=args.json, plot_path=args.plot)
     if skipped:
@@ -119,19 +131,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .run import load_run
-
     if not args.sentence1.strip() or not args.sentence2.strip():
         raise ToolkitError("predict: both sentences must be non-empty")
-    run = load_run(args.run, trust_remote_code=args.trust_remote_code)
+    run = _open_scorer(args.run, args.trust_remote_code)
     score = run.predictor().predict([args.sentence1], [args.sentence2])[0]
     print(f"{score:.4f}")
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_run
+
+    out = merge_run(args.run, args.out, overwrite=args.overwrite)
+    print(f"merged model written to {out} (transformers loads {out}/model)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportConfig, export_onnx
+
+    if not args.onnx:
+        raise ToolkitError("export: name the format: --onnx (the only one so far)")
+    cfg = ExportConfig(fp16=args.fp16, quantize=args.quantize, opset=args.opset, verify_data=args.verify_data,
+                       verify_pairs=args.verify_pairs, threads=args.threads)
+    export_onnx(args.run, args.out, cfg, overwrite=args.overwrite,
+                log=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .model import ADAPTERS, ARCHS
+    from .choices import ADAPTERS, ARCHS
     from .metrics import HIGHER_IS_BETTER
 
     parser = argparse.ArgumentParser(prog="toolkit", description="Adapter fine-tuning for sentence-pair regression.")
@@ -147,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p, ARCHS, ADAPTERS, HIGHER_IS_BETTER)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="metrics of a run on a pair file (JSON, plot)")
+    p = sub.add_parser("eval", help="metrics of a run or an ONNX bundle on a pair file (JSON, plot)")
     p.add_argument("run")
     p.add_argument("--data", required=True, help="pair file (or stsb:FOLDER for its test split)")
     p.add_argument("--json", help="write the metrics here")
@@ -157,7 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="score one pair with a run")
+    p = sub.add_parser("merge", help="fold a LoRA/IA3 run into the base weights (a plain transformers model)")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="merged model directory to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("export", help="export a run or merged model to a verified ONNX bundle")
+    p.add_argument("run", help="run directory or merged model directory")
+    p.add_argument("--onnx", action="store_true", help="ONNX + ONNX Runtime bundle")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights and activations (for GPUs)")
+    p.add_argument("--quantize", choices=("int8",), help="int8 dynamic quantisation (for CPUs)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--verify-data", help="pair file for the verification gate (default: the run's dev file)")
+    p.add_argument("--verify-pairs", type=int, default=256, help="pairs compared for fp32 (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads for the verification")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="score one pair with a run or an ONNX bundle")
     p.add_argument("run")
     p.add_argument("sentence1")
     p.add_argument("sentence2")
@@ -228,7 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except ToolkitError as e:
-        print(_rank_prefix() + str(e), file=sys.stderr)
+        sys.stderr.write(_rank_prefix() + str(e) + "\n")  # one write: ranks' lines do not interleave
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import ToolkitError
 from .io_utils import write_json
 from .metrics import evaluate_predictions
 from .plots import plot_predictions
-from .run import Run
 from .sources import PairSource, SourceOptions
 
+if TYPE_CHECKING:  # a bundle is scored without torch: import neither at run time
+    from .bundle import Bundle
+    from .run import Run
 
-def evaluate_file(run: Run, path: str | Path, options: SourceOptions, batch_size: int = 128,
+
+def evaluate_file(run: Union["Run", "Bundle"], path: str | Path, options: SourceOptions, batch_size: int = 128,
                   json_path: Optional[str] = None, plot_path: Optional[str] = None) -> tuple[dict, list[str], str]:
-    """(metrics, warnings, bad-row summary or "") of ``run`` on the pairs in ``path``."""
+    """(metrics, warnings, bad-row summary or "") of ``run`` (a run directory or an ONNX bundle) on
+    the pairs in ``path``."""
     options = dataclasses.replace(options, need_score=True)
     if options.score_range is None:
         options.score_range = run.score_range  # gold outside the trained range means a mismatch

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from .choices import ADAPTERS, ARCHS
 from .errors import ToolkitError
 from .loading import DEFAULT_MODEL, load_adapter_model
 
-ARCHS = ("bi", "cross")
-ADAPTERS = ("seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "none")
 NAME = "pair"  # the adapter's and the head's name inside the adapters library
 FULL_WEIGHTS = "model.safetensors"
 ADAPTER_WEIGHTS = ("adapter.safetensors",)

@@ -1,0 +1,202 @@
+"""Merge and ONNX export on small trained runs: the four merge states, bundles for both
+architectures and every variant checked against the PyTorch run, the verification gate, the runtime
+without torch, and tampered bundles."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.bundle import Bundle
+from toolkit.errors import ToolkitError
+from toolkit.export import ExportConfig, export_onnx
+from toolkit.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
+from toolkit.model import ModelConfig
+from toolkit.run import load_run
+from toolkit.sources import SourceOptions, read_pairs
+from toolkit.train import DataConfig, TrainConfig, train
+
+NO_TORCH = Path(__file__).resolve().parent / "no_torch"
+
+
+def _train(out: Path, small_stsb, arch: str, adapter: str) -> Path:
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    normalize = "zscore" if arch == "cross" else "auto"
+    train(out, data, ModelConfig(arch=arch, adapter=adapter, max_length=48),
+          TrainConfig(epochs=1, batch_size=8, lr=5e-3, metric="mse", patience=None, normalize=normalize))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_stsb) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export_runs")
+    return {name: _train(root / name, small_stsb, *name.split("-"))
+            for name in ("bi-seq_bn", "cross-lora", "bi-ia3")}
+
+
+@pytest.fixture(scope="module")
+def dev(small_stsb):
+    pairs, _ = read_pairs(small_stsb["dev"], SourceOptions())
+    return pairs
+
+
+def _inputs(seed: int = 0):
+    ids = torch.randint(1000, 20000, (4, 19), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[2, 11:] = 0
+    return ids, mask, torch.zeros_like(ids)
+
+
+@pytest.mark.parametrize("name", ["cross-lora", "bi-ia3"])
+def test_merge_four_states(tmp_path, runs, name):
+    """unmerged == merged == unmerged again == saved and reloaded with plain transformers."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    run = load_run(runs[name], fused_kernel="off")
+    ids, mask, tt = _inputs()
+    out = (lambda m: m(ids, mask, tt)) if run.model.cfg.arch == "cross" else (lambda m: m.embed(ids, mask, tt))
+    with torch.no_grad():
+        unmerged = out(run.model)
+        merge_into_base(run.model.encoder)
+        merged = out(run.model)
+        unmerge_from_base(run.model.encoder)
+        again = out(run.model)
+    assert unmerged.abs().max() > 0
+    merged_dir = merge_run(runs[name], tmp_path / "merged")
+    cls = AutoModelForSequenceClassification if run.model.cfg.arch == "cross" else AutoModel
+    plain = cls.from_pretrained(merged_dir / "model", local_files_only=True).eval()  # transformers alone
+    with torch.no_grad():
+        hidden = plain(input_ids=ids, attention_mask=mask, token_type_ids=tt)
+        if run.model.cfg.arch == "cross":
+            reloaded = hidden.logits[:, 0]
+        else:
+            m = mask.unsqueeze(-1).float()
+            reloaded = (hidden[0] * m).sum(1) / m.sum(1)
+    for state, value in (("merged", merged), ("unmerged again", again), ("saved and reloaded", reloaded)):
+        torch.testing.assert_close(value, unmerged, atol=1e-5, rtol=1e-4, msg=lambda m, s=state: f"{s}: {m}")
+    # the adapter went into the base weights: some differ from the pre-trained model's
+    from toolkit.loading import resolve_model
+
+    original = AutoModel.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1], local_files_only=True).state_dict()
+    body = getattr(plain, plain.base_model_prefix, plain).state_dict()
+    assert any(not torch.equal(v, body[k]) for k, v in original.items() if "pooler" not in k)
+
+
+def test_merge_refuses_bottleneck_adapters(tmp_path, runs):
+    with pytest.raises(ToolkitError, match="seq_bn adapters add layers and cannot be folded"):
+        merge_run(runs["bi-seq_bn"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def _export(src, out, small_stsb, **kw) -> dict:
+    cfg = ExportConfig(verify_data=str(small_stsb["dev"]), threads=2, **kw)
+    return export_onnx(src, out, cfg, log=lambda line: None)
+
+
+def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev):
+    reference = load_run(runs["bi-seq_bn"], fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
+    meta = _export(runs["bi-seq_bn"], tmp_path / "fp32", small_stsb)
+    assert meta["verification"]["max_abs_diff"] <= 1e-4 and meta["arch"] == "bi"
+    assert meta["fused_operators"].get("SkipLayerNormalization", 0) >= 12  # ORT's transformer fusions ran
+    assert meta["adapter"]["adapter"] == "seq_bn" and meta["labels"]["kind"] == "range"
+    bundle = Bundle.load(tmp_path / "fp32", threads=2)
+    assert np.max(np.abs(bundle.predict(dev.s1, dev.s2) - reference)) <= 1e-4  # all 120 pairs, not the gate's sample
+
+    for variant, kw in (("int8", {"quantize": "int8"}), ("fp16", {"fp16": True})):
+        meta = _export(runs["bi-seq_bn"], tmp_path / variant, small_stsb, **kw)
+        figures = meta["verification"]
+        assert figures["variant"] == variant and figures["spearman_drop"] <= 0.3
+        pred = Bundle.load(tmp_path / variant, threads=2).predict(dev.s1, dev.s2)
+        assert 0 < np.max(np.abs(pred - reference)) < 0.5  # a different model, but close
+    size = {v: (tmp_path / v / "model.onnx").stat().st_size for v in ("fp32", "fp16", "int8")}
+    assert size["int8"] < size["fp32"] and size["fp16"] < 0.6 * size["fp32"]
+
+
+def test_cross_encoder_exports_from_run_and_from_merged_dir(tmp_path, runs, small_stsb, dev):
+    run = load_run(runs["cross-lora"], fused_kernel="off")
+    reference = run.predictor(device="cpu").predict(dev.s1, dev.s2)
+    merged = merge_run(runs["cross-lora"], tmp_path / "merged")
+    for src in (runs["cross-lora"], merged):
+        out = tmp_path / f"bundle-{src.name}"
+        meta = _export(src, out, small_stsb)
+        assert meta["arch"] == "cross" and meta["output_kind"] == "normalized_score"
+        pred = Bundle.load(out, threads=2).predict(dev.s1, dev.s2)
+        assert np.max(np.abs(pred - reference)) <= 1e-4
+    assert json.loads((tmp_path / "bundle-merged" / "metadata.json").read_text())["merged_from"]["adapter"] == "lora"
+    config, _, _ = load_merged(merged)
+    assert config["kind"] == "merged"
+
+
+def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):
+    with pytest.raises(ToolkitError, match=r"export refused: ONNX Runtime differs from PyTorch .* \(limit 1e-12\)"):
+        _export(runs["bi-seq_bn"], tmp_path / "b", small_stsb, max_abs_diff=1e-12)
+    with pytest.raises(ToolkitError, match=r"export refused: int8 loses .* Spearman points"):
+        _export(runs["bi-seq_bn"], tmp_path / "c", small_stsb, quantize="int8", max_spearman_drop=-100.0)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, runs, small_stsb) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    _export(runs["bi-seq_bn"], out, small_stsb)
+    return out
+
+
+def _cli(*args: str, no_torch: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if no_torch:
+        env["PYTHONPATH"] = str(NO_TORCH)
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bundle_runs_without_torch(tmp_path, bundle_dir, runs, small_stsb):
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, "PYTHONPATH": str(NO_TORCH)},
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
+    proc = _cli("eval", str(bundle_dir), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / "m.json"),
+                no_torch=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    onnx_metrics = json.loads((tmp_path / "m.json").read_text())
+    proc = _cli("eval", str(runs["bi-seq_bn"]), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / "t.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    torch_metrics = json.loads((tmp_path / "t.json").read_text())
+    for key in ("spearman", "pearson", "mse"):
+        assert onnx_metrics[key] == pytest.approx(torch_metrics[key], abs=1e-5)
+    proc = _cli("predict", str(bundle_dir), "A plane is taking off.", "An air plane is taking off.", no_torch=True)
+    assert proc.returncode == 0 and 0 <= float(proc.stdout) <= 5.5
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("flip a byte of model.onnx", "model.onnx: sha256 does not match the bundle's metadata"),
+    ("delete tokenizer.json", "bundle file tokenizer.json is missing"),
+    ("rename an input", "are not the bundle's"),
+    ("not json", "metadata.json: unreadable metadata"),
+])
+def test_tampered_bundles_are_refused_in_one_line(tmp_path, bundle_dir, damage, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_dir, bad)
+    meta_path = bad / "metadata.json"
+    if damage.startswith("flip"):
+        data = bytearray((bad / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / "model.onnx").write_bytes(bytes(data))
+    elif damage.startswith("delete"):
+        (bad / "tokenizer.json").unlink()
+    elif damage.startswith("rename"):
+        meta = json.loads(meta_path.read_text())
+        meta["inputs"] = ["input_ids", "attention_mask", "segment_ids"]
+        meta_path.write_text(json.dumps(meta))
+    else:
+        meta_path.write_text("{ not json")
+    proc = _cli("predict", str(bad), "a", "b", no_torch=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr

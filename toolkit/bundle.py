@@ -1,0 +1,163 @@
+"""Run an exported bundle with only onnxruntime, tokenizers and numpy: no torch, no transformers.
+
+A bundle is ``model.onnx`` + ``tokenizer.json`` + ``metadata.json`` (written by ``toolkit.export``).
+Loading checks the bundle before anything runs: every file present, each file's sha256 as the
+metadata records it, the graph's inputs and outputs as the metadata names them. A cross-encoder
+graph maps a tokenised pair to the normalised score; a bi-encoder graph maps a sentence to its
+mean-pooled embedding and the score is the cosine, mapped onto the score range here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import ToolkitError
+
+FORMAT = "toolkit-onnx-bundle"
+METADATA = "metadata.json"
+MODEL = "model.onnx"
+TOKENIZER = "tokenizer.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_bundle(folder: str | os.PathLike) -> bool:
+    path = Path(folder) / METADATA
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+class Bundle:
+    """A verified bundle, ready to score pairs (``predict``) on ONNX Runtime."""
+
+    def __init__(self, folder: Path, metadata: dict, session, tokenizer):
+        self.folder = folder
+        self.metadata = metadata
+        self.session = session
+        self.tokenizer = tokenizer
+        self.arch = metadata["arch"]
+        labels = metadata["labels"]
+        self.offset, self.scale = float(labels["offset"]), float(labels["scale"])
+        self.input_names = list(metadata["inputs"])
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, threads: Optional[int] = None,
+             providers: Optional[Sequence[str]] = None) -> "Bundle":
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        meta_path = folder / METADATA
+        if not meta_path.is_file():
+            raise ToolkitError(f"{folder}: not a bundle (no {METADATA})")
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ToolkitError(f"{meta_path}: unreadable metadata ({e})") from None
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            raise ToolkitError(f"{meta_path}: not a toolkit bundle's metadata (format != {FORMAT})")
+        for key in ("files", "arch", "labels", "inputs", "output", "max_length"):
+            if key not in metadata:
+                raise ToolkitError(f"{meta_path}: metadata lacks {key!r}")
+        for name in (MODEL, TOKENIZER):
+            if name not in metadata["files"]:
+                raise ToolkitError(f"{meta_path}: no sha256 recorded for {name}")
+        for name, digest in metadata["files"].items():
+            path = folder / name
+            if not path.is_file():
+                raise ToolkitError(f"{folder}: bundle file {name} is missing")
+            if sha256_file(path) != digest:
+                raise ToolkitError(f"{path}: sha256 does not match the bundle's metadata (modified or corrupted)")
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+        try:
+            session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
+            raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        got_inputs = [i.name for i in session.get_inputs()]
+        if sorted(got_inputs) != sorted(metadata["inputs"]):
+            raise ToolkitError(f"{folder / MODEL}: graph inputs {got_inputs} are not the bundle's {metadata['inputs']}")
+        got_outputs = [o.name for o in session.get_outputs()]
+        if metadata["output"] not in got_outputs:
+            raise ToolkitError(f"{folder / MODEL}: graph outputs {got_outputs} lack {metadata['output']!r}")
+
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+        tokenizer.enable_truncation(int(metadata["max_length"]))
+        tokenizer.no_padding()
+        return cls(folder, metadata, session, tokenizer)
+
+    # -- the Run-like interface eval and predict use ----------------------------------------------------
+    @property
+    def score_range(self) -> Optional[tuple[float, float]]:
+        rng = self.metadata.get("score_range")
+        return tuple(rng) if rng else None
+
+    def predictor(self, batch_size: int = 64, device: Optional[str] = None) -> "Bundle":
+        self.batch_size = batch_size
+        return self
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def predict(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True, sort: bool = True) -> np.ndarray:
+        """Scores on the user's scale, in input order. A bi-encoder embeds each distinct sentence
+        once (``dedupe``); batches group similar lengths (``sort``). Both only save work."""
+        if len(s1) != len(s2):
+            raise ValueError("s1 and s2 differ in length")
+        if self.arch == "cross":
+            y = self._run(self.tokenizer.encode_batch(list(zip(s1, s2))), sort)[:, 0] if len(s1) else np.zeros(0)
+        elif not dedupe:
+            a = self._run(self.tokenizer.encode_batch(list(s1)), sort).astype(np.float64)
+            b = self._run(self.tokenizer.encode_batch(list(s2)), sort).astype(np.float64)
+            y = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
+        else:
+            unique = list(dict.fromkeys([*s1, *s2]))
+            where = {s: i for i, s in enumerate(unique)}
+            emb = self._run(self.tokenizer.encode_batch(unique), sort) if unique else np.zeros((0, 1))
+            a = emb[[where[s] for s in s1]].astype(np.float64)
+            b = emb[[where[s] for s in s2]].astype(np.float64)
+            norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
+            y = (a * b).sum(1) / norms
+        return self.offset + self.scale * np.asarray(y, dtype=np.float64)
+
+    def _run(self, encodings, sort: bool = True) -> np.ndarray:
+        """The graph over padded (length-sorted) batches; rows back in input order."""
+        batch_size = getattr(self, "batch_size", 64)
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable") if sort else np.arange(len(encodings))
+        outputs = []
+        for start in range(0, len(order), batch_size):
+            batch = [encodings[i] for i in order[start:start + batch_size]]
+            width = max(len(e.ids) for e in batch)
+            feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self.input_names}
+            feeds["input_ids"].fill(int(self.metadata.get("pad_id", 0)))
+            for row, e in enumerate(batch):
+                n = len(e.ids)
+                feeds["input_ids"][row, :n] = e.ids
+                feeds["attention_mask"][row, :n] = e.attention_mask
+                if "token_type_ids" in feeds:
+                    feeds["token_type_ids"][row, :n] = e.type_ids
+            out = self.session.run([self.metadata["output"]], feeds)[0]
+            outputs.append(out.reshape(len(batch), -1).astype(np.float32))
+        rows = np.concatenate(outputs)
+        result = np.empty_like(rows)
+        result[order] = rows
+        return result

@@ -1,0 +1,267 @@
+"""``toolkit export --onnx``: a run (any adapter) or a merged directory to a verified ONNX bundle.
+
+Steps: the scoring graph is exported with torch's dynamo exporter (torch 2.13's TorchScript
+exporter produced wrong BERT outputs here, max error > 1 on the hidden states); ONNX Runtime's
+transformer optimiser fuses LayerNorm + residual (SkipLayerNormalization) and bias + GELU; then the
+variant: fp32, fp16 (weights and activations; for GPUs) or int8 (dynamic quantisation of the
+MatMuls; for CPUs). Bottleneck adapters are ordinary MatMul/activation/Add nodes in the graph.
+Before the bundle is written, a gate compares it with PyTorch: fp32 on a sample of pairs (largest
+absolute difference on the score scale), fp16/int8 on the whole dev file (Spearman change).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import warnings
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
+from .errors import ToolkitError
+from .io_utils import atomic_dir, read_json, write_json
+from .labels import LabelScale
+from .merge import is_merged, load_merged
+from .metrics import evaluate_predictions
+from .run import CONFIG, METRICS, load_run
+from .sources import PairSource, SourceOptions
+
+
+@dataclass
+class ExportConfig:
+    fp16: bool = False
+    quantize: Optional[str] = None  # "int8"
+    opset: int = 18
+    verify_data: Optional[str] = None  # pair file for the gate; default: the run's dev file
+    verify_pairs: int = 256  # fp32 gate sample
+    max_abs_diff: float = 1e-4  # fp32 gate, on the score scale
+    max_spearman_drop: float = 0.3  # fp16/int8 gate, Spearman points on the dev file
+    threads: Optional[int] = None
+
+    @property
+    def variant(self) -> str:
+        return "int8" if self.quantize == "int8" else "fp16" if self.fp16 else "fp32"
+
+    def validate(self) -> None:
+        if self.quantize not in (None, "int8"):
+            raise ToolkitError("--quantize: only int8 (dynamic quantisation, for CPUs) is supported")
+        if self.fp16 and self.quantize:
+            raise ToolkitError("choose one of --fp16 and --quantize int8")
+        if self.verify_pairs < 8:
+            raise ToolkitError("--verify-pairs must be at least 8")
+
+
+class GraphModule(nn.Module):
+    """What goes into the graph: token ids to pooled embeddings (bi) or the normalised score (cross)."""
+
+    def __init__(self, embed, score, arch: str):
+        super().__init__()
+        self.embed_fn, self.score_fn, self.arch = embed, score, arch
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        fn = self.embed_fn if self.arch == "bi" else self.score_fn
+        return fn(input_ids, attention_mask, token_type_ids).float()
+
+
+@dataclass
+class Source:
+    """A run or a merged directory, opened for export."""
+
+    folder: Path
+    config: dict
+    graph: GraphModule
+    tokenizer: object  # transformers fast tokenizer
+    labels: LabelScale
+    torch_predict: object  # (s1, s2) -> scores on the user's scale, in PyTorch
+    hf_config: object  # the encoder's transformers config (heads, width for the optimiser)
+
+    @property
+    def arch(self) -> str:
+        return self.config["model"]["arch"]
+
+
+def open_source(folder: str | Path) -> Source:
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ToolkitError(f"{folder}: neither a run directory nor a merged model (no {CONFIG})")
+    if is_merged(folder):
+        config, scorer, tokenizer = load_merged(folder)
+        labels = LabelScale.from_dict(config["labels"])
+        from .batching import PairTokenizer
+        from .predict import Predictor
+
+        tokens = PairTokenizer(tokenizer, config["model"]["arch"], config["model"]["max_length"])
+        shim = _PredictShim(scorer, config["model"]["arch"])
+        predictor = Predictor(shim, tokens, labels, batch_size=64, device="cpu")
+        graph = GraphModule(scorer.embed, scorer.score, config["model"]["arch"])
+        return Source(folder, config, graph, tokenizer, labels, predictor.predict, scorer.plain.config)
+    run = load_run(folder, fused_kernel="off")  # the graph holds plain ops, never a Triton kernel
+    model = run.model.eval()
+    graph = GraphModule(model.embed, model.forward, model.cfg.arch)
+    config = dict(run.config)
+    if (folder / METRICS).is_file():
+        config.setdefault("metrics", {"dev": read_json(folder / METRICS).get("dev")})
+    return Source(folder, config, graph, run.tokens.tokenizer, run.labels,
+                  run.predictor(batch_size=64, device="cpu").predict, model.encoder.config)
+
+
+class _PredictShim(nn.Module):
+    """Gives a merged model the PairRegressor calls ``Predictor`` makes (``embed``, ``forward``, ``cfg``)."""
+
+    def __init__(self, scorer, arch: str):
+        super().__init__()
+        self.scorer = scorer
+        self.cfg = type("Cfg", (), {"arch": arch})()
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None):
+        return self.scorer.embed(input_ids, attention_mask, token_type_ids)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.scorer.score(input_ids, attention_mask, token_type_ids)
+
+
+def _export_graph(source: Source, path: Path, opset: int) -> list[str]:
+    from torch.export import Dim
+
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in source.tokenizer.model_input_names]
+    example = source.tokenizer(["a short sentence", "and a somewhat longer one, to pad"], ["x", "y"] if
+                               source.arch == "cross" else None, padding=True, return_tensors="pt")
+    args = tuple(example[n] for n in names)
+    batch, seq = Dim("batch", min=1, max=65536), Dim("sequence", min=2, max=source.config["model"]["max_length"])
+    # the exporter narrates each step on stdout and warns about torchvision ops it skips: keep the console for ours
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # (and the verification gate, not its warnings about axis names, says whether the graph is right)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(source.graph, args, input_names=names, output_names=["output"],
+                                    dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset,
+                                    dynamo=True, verbose=False)
+        program.save(str(path))
+    return names
+
+
+def _optimize(raw: Path, out: Path, source: Source, cfg: ExportConfig) -> dict:
+    """ORT's transformer fusions, then the variant. Returns the fused-operator counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    hf = source.hf_config
+    optimized = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
+                               hidden_size=hf.hidden_size, opt_level=1)
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if cfg.variant == "fp16":
+        optimized.convert_float_to_float16(keep_io_types=True)
+    if cfg.variant == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        fp32 = out.with_name("fp32.onnx")
+        # the optimiser leaves shape annotations that ONNX's shape inference (run by the quantiser)
+        # contradicts on cross-encoder heads; inference recomputes them
+        optimized.model.graph.ClearField("value_info")
+        optimized.save_model_to_file(str(fp32))
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"],
+                         extra_options={"DefaultTensorType": 1})  # float: types behind the fused com.microsoft ops
+        fp32.unlink()
+    else:
+        optimized.save_model_to_file(str(out))
+    return fused
+
+
+def _verify_pairs(source: Source, cfg: ExportConfig):
+    path = cfg.verify_data or source.config.get("data", {}).get("dev")
+    if not path or not Path(path).is_file():
+        raise ToolkitError(f"{source.folder}: no pair file to verify the export on (the run's dev file "
+                           f"{path or '(not recorded)'} is not there): pass --verify-data FILE")
+    rng = source.config.get("resolved", {}).get("score_range")
+    options = SourceOptions(score_range=tuple(rng) if rng else None, policy="skip")
+    pairs = PairSource(path, options).read_all()
+    if len(pairs) < 8:
+        raise ToolkitError(f"{path}: fewer than 8 usable pairs to verify the export on")
+    return path, pairs
+
+
+def _gate(source: Source, bundle: Bundle, cfg: ExportConfig) -> dict:
+    """Compare the bundle with PyTorch; raise if it drifts. Returns the figures."""
+    path, pairs = _verify_pairs(source, cfg)
+    if cfg.variant == "fp32":
+        idx = np.random.default_rng(0).permutation(len(pairs))[:cfg.verify_pairs]
+        s1, s2 = [pairs.s1[i] for i in idx], [pairs.s2[i] for i in idx]
+        diff = float(np.max(np.abs(bundle.predict(s1, s2) - source.torch_predict(s1, s2))))
+        figures = {"variant": "fp32", "data": str(path), "pairs": len(idx), "max_abs_diff": diff,
+                   "limit": cfg.max_abs_diff}
+        if not diff <= cfg.max_abs_diff:
+            raise ToolkitError(f"export refused: ONNX Runtime differs from PyTorch by up to {diff:.2e} on the score "
+                               f"scale over {len(idx)} pairs of {path} (limit {cfg.max_abs_diff:g})")
+        return figures
+    ours = bundle.predict(pairs.s1, pairs.s2)
+    ref = source.torch_predict(pairs.s1, pairs.s2)
+    m_ours, _ = evaluate_predictions(ours, pairs.scores, ci=False)
+    m_ref, _ = evaluate_predictions(ref, pairs.scores, ci=False)
+    drop = 100 * (m_ref["spearman"] - m_ours["spearman"])
+    figures = {"variant": cfg.variant, "data": str(path), "pairs": len(pairs),
+               "spearman_pytorch": 100 * m_ref["spearman"], "spearman_onnx": 100 * m_ours["spearman"],
+               "spearman_drop": drop, "max_abs_diff": float(np.max(np.abs(ours - ref))),
+               "limit_spearman_drop": cfg.max_spearman_drop}
+    if not drop <= cfg.max_spearman_drop:
+        raise ToolkitError(f"export refused: {cfg.variant} loses {drop:.2f} Spearman points against PyTorch on {path} "
+                           f"({100 * m_ref['spearman']:.2f} -> {100 * m_ours['spearman']:.2f}; limit "
+                           f"{cfg.max_spearman_drop:g})")
+    return figures
+
+
+def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, overwrite: bool = False,
+                log=print) -> dict:
+    """Export, optimise, convert, verify; write the bundle atomically. Returns its metadata."""
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
+    source = open_source(source_dir)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
+        raw = Path(work) / "raw.onnx"
+        log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX ...")
+        inputs = _export_graph(source, raw, cfg.opset)
+        fused = _optimize(raw, tmp / MODEL, source, cfg)
+        log(f"optimised ({cfg.variant}): fused " + ", ".join(f"{k} {v}" for k, v in sorted(fused.items())))
+        source.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER))
+        metadata = {
+            "format": FORMAT, "toolkit_version": __version__, "variant": cfg.variant, "opset": cfg.opset,
+            "arch": source.arch, "inputs": inputs, "output": "output",
+            "output_kind": "embedding" if source.arch == "bi" else "normalized_score",
+            "max_length": source.config["model"]["max_length"], "pad_id": source.tokenizer.pad_token_id,
+            "labels": source.labels.to_dict(), "score_range": source.config.get("resolved", {}).get("score_range"),
+            "base_model": {k: source.config["base_model"][k] for k in ("name", "weights_sha256")},
+            "adapter": {k: source.config["model"].get(k) for k in ("adapter", "reduction_factor", "lora_r",
+                                                                   "lora_alpha")},
+            "merged_from": source.config.get("merged_from"), "parameters": _parameters(source),
+            "training_metrics": source.config.get("metrics"), "fused_operators": fused,
+            "files": {name: sha256_file(tmp / name) for name in (MODEL, TOKENIZER)},
+        }
+        write_json(tmp / METADATA, metadata)
+        bundle = Bundle.load(tmp, threads=cfg.threads)
+        figures = _gate(source, bundle, cfg)
+        metadata["verification"] = figures
+        write_json(tmp / METADATA, metadata)
+        log("verified: " + json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}))
+    log(f"bundle written to {out} ({time.time() - start:.0f}s)")
+    return metadata
+
+
+def _parameters(source: Source) -> dict:
+    params = source.config.get("params") or {}
+    metrics_path = source.folder / METRICS
+    if not params and metrics_path.is_file():
+        params = read_json(metrics_path).get("params", {})
+    return params
+
