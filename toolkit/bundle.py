@@ -121,22 +121,32 @@ class Bundle:
     def predict(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True, sort: bool = True) -> np.ndarray:
         """Scores on the user's scale, in input order. A bi-encoder embeds each distinct sentence
         once (``dedupe``); batches group similar lengths (``sort``). Both only save work."""
+        return self.score_encoded(self.encode(s1, s2, dedupe), sort)
+
+    def encode(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True) -> tuple:
+        """Tokenise (the half of ``predict`` a reader thread can do while the graph runs)."""
         if len(s1) != len(s2):
             raise ValueError("s1 and s2 differ in length")
         if self.arch == "cross":
-            y = self._run(self.tokenizer.encode_batch(list(zip(s1, s2))), sort)[:, 0] if len(s1) else np.zeros(0)
-        elif not dedupe:
-            a = self._run(self.tokenizer.encode_batch(list(s1)), sort).astype(np.float64)
-            b = self._run(self.tokenizer.encode_batch(list(s2)), sort).astype(np.float64)
-            y = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
+            return ("cross", self.tokenizer.encode_batch(list(zip(s1, s2))), None, None)
+        if not dedupe:
+            n = len(s1)
+            return ("bi", self.tokenizer.encode_batch([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
+        unique = list(dict.fromkeys([*s1, *s2]))
+        where = {s: i for i, s in enumerate(unique)}
+        return ("bi", self.tokenizer.encode_batch(unique), np.array([where[s] for s in s1], dtype=np.int64),
+                np.array([where[s] for s in s2], dtype=np.int64))
+
+    def score_encoded(self, encoded: tuple, sort: bool = True) -> np.ndarray:
+        kind, encodings, first, second = encoded
+        if not encodings:
+            return np.zeros(0)
+        if kind == "cross":
+            y = self._run(encodings, sort)[:, 0]
         else:
-            unique = list(dict.fromkeys([*s1, *s2]))
-            where = {s: i for i, s in enumerate(unique)}
-            emb = self._run(self.tokenizer.encode_batch(unique), sort) if unique else np.zeros((0, 1))
-            a = emb[[where[s] for s in s1]].astype(np.float64)
-            b = emb[[where[s] for s in s2]].astype(np.float64)
-            norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
-            y = (a * b).sum(1) / norms
+            emb = self._run(encodings, sort)
+            a, b = emb[first].astype(np.float64), emb[second].astype(np.float64)
+            y = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
         return self.offset + self.scale * np.asarray(y, dtype=np.float64)
 
     def _run(self, encodings, sort: bool = True) -> np.ndarray:

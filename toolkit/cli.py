@@ -139,6 +139,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 3/16, not {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import ScoreConfig, score_file
+
+    cfg = ScoreConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads,
+                      shard=args.shard, restart=args.restart, keep_cols=tuple(args.keep_cols or ()),
+                      progress=not args.quiet)
+    summary = score_file(args.model, args.input, args.output, source_options(args), cfg)
+    for line in summary.skipped_report:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"scored {summary.written} pairs into {summary.output} ({summary.rows} rows read, {summary.bad} bad "
+          f"skipped{f', {summary.resumed_parts} parts resumed' if summary.resumed_parts else ''}) "
+          f"in {summary.seconds:.1f}s, {summary.rate:.0f} pairs/s", file=sys.stderr)
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
@@ -205,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the verification")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("score", help="stream-score a pair file with a bundle or run; resumable, shardable")
+    p.add_argument("model", help="ONNX bundle or run directory")
+    p.add_argument("input", help="pair file (CSV/TSV/JSONL/Parquet/SQLite)")
+    p.add_argument("-o", "--output", required=True, help="output file (.parquet/.csv/.tsv/.jsonl) or folder/")
+    p.add_argument("--keep-cols", nargs="+", metavar="COL", help="input columns to copy into the output")
+    p.add_argument("--shard", type=_shard, metavar="I/N", help="score only shard I of N (0-based)")
+    p.add_argument("--chunk-size", type=int, default=8192, help="records per part (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, help="ONNX Runtime / torch threads (default: all cores)")
+    p.add_argument("--restart", action="store_true", help="discard an earlier attempt's parts and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_source_args(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("predict", help="score one pair with a run or an ONNX bundle")
     p.add_argument("run")

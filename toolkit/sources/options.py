@@ -33,3 +33,4 @@ class SourceOptions:
     policy: str = "fail"  # fail: stop at the first bad row; skip: drop and count; collect: keep all
     limit: Optional[int] = None  # stop after this many good rows
     chunk_size: int = 8192
+    keep_cols: tuple[str, ...] = ()  # extra columns carried through, as text (scoring output)

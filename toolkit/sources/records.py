@@ -54,6 +54,7 @@ class PairChunk:
     scores: Optional[np.ndarray]  # float64, None when scores were not asked for
     groups: Optional[list[str]]
     locs: list[int]
+    extra: dict[str, list[str]] = field(default_factory=dict)  # the keep_cols, per row
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,4 +69,5 @@ class PairChunk:
             (np.zeros(0) if with_scores else None),
             groups=[g for c in chunks for g in c.groups] if with_groups else None,
             locs=[loc for c in chunks for loc in c.locs],
+            extra={k: [v for c in chunks for v in c.extra[k]] for k in (chunks[0].extra if chunks else {})},
         )

@@ -93,7 +93,7 @@ class PairSource:
             raise BadInputError(f"score range {self.score_range} is empty: give LOW:HIGH with LOW < HIGH")
         self.columns: Columns = cols
         self.needed = [cols.s1, cols.s2]
-        for name in (cols.score if options.need_score else None, cols.id, cols.group):
+        for name in (cols.score if options.need_score else None, cols.id, cols.group, *options.keep_cols):
             if name is not None and name not in self.needed:
                 self.needed.append(name)
         names = self.reader.names
@@ -114,7 +114,9 @@ class PairSource:
     def has_groups(self) -> bool:
         return self.columns.group is not None
 
-    def chunks(self) -> Iterator[PairChunk]:
+    def chunks(self, keep_empty: bool = False) -> Iterator[PairChunk]:
+        """Validated chunks in file order. ``keep_empty``: also chunks whose rows were all bad, so
+        that the n-th chunk is the n-th slice of the file (scoring's parts and shards)."""
         if self._used:
             raise RuntimeError("a PairSource is read once; open the file again")
         self._used = True
@@ -123,7 +125,7 @@ class PairSource:
             remaining = None if limit is None else limit - self.report.good
             chunk = self._validate(raw, remaining)
             self.report.good += len(chunk)
-            if len(chunk):
+            if len(chunk) or keep_empty:
                 yield chunk
             if limit is not None and self.report.good >= limit:
                 return
@@ -141,6 +143,7 @@ class PairSource:
         cs = raw.columns[cols.score] if opts.need_score else None
         ci = raw.columns[cols.id] if cols.id else None
         cg = raw.columns[cols.group] if cols.group else None
+        extra: dict[str, list[str]] = {name: [] for name in opts.keep_cols}
         end = None  # the location where the limit was reached: nothing after it counts
         for k, loc in enumerate(raw.locs):
             if remaining is not None and len(ids) >= remaining:
@@ -165,6 +168,9 @@ class PairSource:
             scores.append(score)
             groups.append(group)
             locs.append(loc)
+            for name in opts.keep_cols:
+                value = raw.columns[name][k]
+                extra[name].append("" if value is None else str(value))
         errors = [(loc, msg) for loc, _, msg in raw.errors if end is None or loc < end]
         problems.extend(errors)
         self.report.rows += (len(raw.locs) if end is None else raw.locs.index(end)) + len(errors)
@@ -172,7 +178,7 @@ class PairSource:
             self._handle(sorted(problems))
         return PairChunk(ids=ids, s1=s1, s2=s2,
                          scores=np.asarray(scores, dtype=np.float64) if cs is not None else None,
-                         groups=groups if cg is not None else None, locs=locs)
+                         groups=groups if cg is not None else None, locs=locs, extra=extra)
 
     def _handle(self, problems: list[tuple[int, str]]) -> None:
         policy = self.options.policy

@@ -1,0 +1,192 @@
+"""``toolkit score``: every format in and out, ids and order, bad rows, shards, and exactly-once
+output when the process is SIGKILLed at several points and started again (against an
+uninterrupted run, and against the bundle scoring all pairs in one call)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import stsb_rows
+from toolkit.bundle import Bundle
+from toolkit.errors import ToolkitError
+from toolkit.export import ExportConfig, export_onnx
+from toolkit.model import ModelConfig
+from toolkit.run import load_run
+from toolkit.score import ScoreConfig, score_file
+from toolkit.sources import Columns, SourceOptions
+from toolkit.train import DataConfig, TrainConfig, train
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, small_stsb) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("score_models")
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=None))
+    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
+                log=lambda line: None)
+    return {"run": root / "run", "bundle": root / "bundle"}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> dict:
+    """300 STS-B test pairs with their own ids and genre, in every input format."""
+    rows = [{"pair_id": f"p{i:04d}", "sentence1": r[5], "sentence2": r[6], "genre": r[0]}
+            for i, r in enumerate(stsb_rows("test", 300))]
+    root = tmp_path_factory.mktemp("score_pairs")
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, root / "pairs.parquet", row_group_size=64)
+    for ext, sep in ((".csv", ","), (".tsv", "\t")):
+        import csv
+
+        with open(root / f"pairs{ext}", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=sep)
+            w.writeheader()
+            w.writerows(rows)
+    with open(root / "pairs.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return {"rows": rows, "dir": root}
+
+
+def _read(path: Path) -> list[tuple[str, float]]:
+    ext = path.suffix
+    if ext == ".parquet":
+        t = pq.read_table(path)
+        return list(zip(t.column("id").to_pylist(), t.column("score").to_pylist()))
+    if ext == ".jsonl":
+        return [(d["id"], d["score"]) for d in map(json.loads, path.read_text().splitlines())]
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(r["id"], float(r["score"])) for r in csv.DictReader(f, delimiter="," if ext == ".csv" else "\t")]
+
+
+def _score(model, src, out, chunk=40, **kw):
+    options = SourceOptions(columns=Columns(id="pair_id"), need_score=False, policy=kw.pop("policy", "fail"))
+    return score_file(str(model), str(src), str(out), options,
+                      ScoreConfig(chunk_size=chunk, threads=2, progress=False, **kw))
+
+
+def test_every_format_in_and_out_keeps_ids_and_order(tmp_path, models, pairs):
+    rows = pairs["rows"]
+    reference = Bundle.load(models["bundle"], threads=2).predict([r["sentence1"] for r in rows],
+                                                                [r["sentence2"] for r in rows])
+    for ext_in, ext_out in ((".parquet", ".csv"), (".csv", ".jsonl"), (".tsv", ".parquet"), (".jsonl", ".tsv")):
+        out = tmp_path / f"scores-{ext_in[1:]}{ext_out}"
+        summary = _score(models["bundle"], pairs["dir"] / f"pairs{ext_in}", out, keep_cols=("genre",))
+        assert summary.written == summary.rows == 300 and summary.bad == 0
+        got = _read(out)
+        assert [i for i, _ in got] == [r["pair_id"] for r in rows]  # order and ids as given
+        np.testing.assert_allclose([s for _, s in got], reference, atol=1e-5)
+        assert not Path(str(out) + ".parts").exists()  # parts folder removed once assembled
+    t = pq.read_table(tmp_path / "scores-tsv.parquet")
+    assert t.column("genre").to_pylist() == [r["genre"] for r in rows]
+
+
+def test_run_directory_backend_matches_pytorch_predictor(tmp_path, models, pairs):
+    rows = pairs["rows"][:80]
+    src = tmp_path / "few.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    _score(models["run"], src, tmp_path / "out.parquet")
+    want = load_run(models["run"]).predictor(device="cpu").predict([r["sentence1"] for r in rows],
+                                                                   [r["sentence2"] for r in rows])
+    np.testing.assert_allclose([s for _, s in _read(tmp_path / "out.parquet")], want, atol=1e-6)
+
+
+def test_bad_rows_fail_in_one_line_or_are_skipped_and_counted(tmp_path, models, pairs):
+    rows = [dict(r) for r in pairs["rows"][:50]]
+    rows[7]["sentence2"] = "   "
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ToolkitError, match=r"bad.jsonl:8: .*sentence2"):
+        _score(models["bundle"], src, tmp_path / "a.parquet")
+    assert not (tmp_path / "a.parquet").exists()
+    summary = _score(models["bundle"], src, tmp_path / "b.parquet", policy="skip", restart=True)
+    assert (summary.rows, summary.bad, summary.written) == (50, 1, 49)
+    assert [i for i, _ in _read(tmp_path / "b.parquet")] == [r["pair_id"] for k, r in enumerate(rows) if k != 7]
+
+
+def test_shards_union_equals_unsharded(tmp_path, models, pairs):
+    src = pairs["dir"] / "pairs.parquet"
+    _score(models["bundle"], src, tmp_path / "all.parquet", chunk=32)
+    whole = _read(tmp_path / "all.parquet")
+    union = []
+    for i in range(3):
+        _score(models["bundle"], src, f"{tmp_path / 'sharded'}/", chunk=32, shard=(i, 3))
+    manifest_parts = sorted((tmp_path / "sharded").glob("shard-*-part-*.parquet"),
+                            key=lambda p: int(p.stem.split("-")[-1]))
+    for part in manifest_parts:
+        union.extend(_read(part))
+    assert union == whole  # same ids, same order once parts are sorted, bit-identical scores
+
+
+def _cmd(model, src, out, *extra):
+    return [sys.executable, "-m", "toolkit.cli", "score", str(model), str(src), "-o", str(out), "--id-col", "pair_id",
+            "--chunk-size", "10", "--batch-size", "4", "--threads", "1", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("kill_after_parts", [1, 9, 25])
+def test_sigkill_then_rerun_writes_every_row_once(tmp_path, models, pairs, kill_after_parts):
+    src = pairs["dir"] / "pairs.csv"
+    ref = subprocess.run(_cmd(models["bundle"], src, tmp_path / "ref.parquet"), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "out.parquet"
+    manifest = Path(str(out) + ".parts") / "manifest.json"
+    proc = subprocess.Popen(_cmd(models["bundle"], src, out), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            try:
+                done = len(json.loads(manifest.read_text())["parts"])
+            except (OSError, ValueError, KeyError):
+                done = 0
+            if done >= kill_after_parts:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "finished before it could be killed"
+        time.sleep(0.05 * kill_after_parts % 0.17)  # somewhere inside the next part
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    again = subprocess.run(_cmd(models["bundle"], src, out), env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "parts resumed" in again.stderr
+    assert _read(out) == _read(tmp_path / "ref.parquet")  # no lost id, no duplicate, identical scores
+
+
+def test_changed_input_or_model_is_refused_unless_restart(tmp_path, models, pairs):
+    src = tmp_path / "pairs.csv"
+    src.write_bytes((pairs["dir"] / "pairs.csv").read_bytes())
+    out = tmp_path / "o"
+    proc = subprocess.Popen(_cmd(models["bundle"], src, f"{out}/"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.json"  # unsharded: no shard prefix
+    while proc.poll() is None and not (manifest.is_file() and '"file"' in manifest.read_text()):
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    with open(src, "a", encoding="utf-8") as f:
+        f.write("p9999,A new pair.,Another one.,main-news\n")
+    again = subprocess.run(_cmd(models["bundle"], src, f"{out}/"), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].endswith("pass --restart to discard its parts and start over")
+    ok = subprocess.run(_cmd(models["bundle"], src, f"{out}/", "--restart"), env=ENV, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    ids = [i for p in sorted(out.glob("part-*.parquet")) for i, _ in _read(p)]
+    assert ids == [r["pair_id"] for r in pairs["rows"]] + ["p9999"]
