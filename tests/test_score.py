@@ -113,6 +113,8 @@ def test_bad_rows_fail_in_one_line_or_are_skipped_and_counted(tmp_path, models, 
     with pytest.raises(ToolkitError, match=r"bad.jsonl:8: .*sentence2"):
         _score(models["bundle"], src, tmp_path / "a.parquet")
     assert not (tmp_path / "a.parquet").exists()
+    with pytest.raises(ToolkitError, match=r"unknown output format '\.txt'"):
+        _score(models["bundle"], src, tmp_path / "scores.txt")
     summary = _score(models["bundle"], src, tmp_path / "b.parquet", policy="skip", restart=True)
     assert (summary.rows, summary.bad, summary.written) == (50, 1, 49)
     assert [i for i, _ in _read(tmp_path / "b.parquet")] == [r["pair_id"] for k, r in enumerate(rows) if k != 7]

@@ -1,7 +1,7 @@
 """``toolkit export --onnx``: a run (any adapter) or a merged directory to a verified ONNX bundle.
 
-Steps: the scoring graph is exported with torch's dynamo exporter (torch 2.13's TorchScript
-exporter produced wrong BERT outputs here, max error > 1 on the hidden states); ONNX Runtime's
+Steps: the scoring graph is exported with torch's dynamo exporter (``dynamo=False`` gave wrong
+BERT outputs in our tests with torch 2.13, max error > 1 on the hidden states); ONNX Runtime's
 transformer optimiser fuses LayerNorm + residual (SkipLayerNormalization) and bias + GELU; then the
 variant: fp32, fp16 (weights and activations; for GPUs) or int8 (dynamic quantisation of the
 MatMuls; for CPUs). Bottleneck adapters are ordinary MatMul/activation/Add nodes in the graph.

@@ -231,9 +231,10 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
     cfg.validate()
     start = time.time()
     out_path = Path(out)
-    to_dir = out.endswith(os.sep) or out.endswith("/") or out_path.is_dir() or _out_format(out_path) is None
+    to_dir = out.endswith((os.sep, "/")) or out_path.is_dir() or not out_path.suffix
     if not to_dir and _out_format(out_path) is None:
-        raise ToolkitError(f"{out}: unknown output format (use .parquet, .csv, .tsv or .jsonl, or a folder/)")
+        raise ToolkitError(f"{out}: unknown output format {out_path.suffix!r} "
+                           "(use .parquet, .csv, .tsv or .jsonl, or a folder/)")
     parts_dir = out_path if to_dir else out_path.with_name(out_path.name + ".parts")
     # shards take whole parts (part k -> shard k % n): each part is batched exactly as unsharded,
     # so the union of the shards is the unsharded output, scores included (int8's dynamic
