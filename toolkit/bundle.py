@@ -32,16 +32,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_bundle(folder: str | os.PathLike) -> bool:
-    path = Path(folder) / METADATA
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (ValueError, UnicodeDecodeError):
-        return False
-
-
 class Bundle:
     """A verified bundle, ready to score pairs (``predict``) on ONNX Runtime."""
 
@@ -54,6 +44,7 @@ class Bundle:
         labels = metadata["labels"]
         self.offset, self.scale = float(labels["offset"]), float(labels["scale"])
         self.input_names = list(metadata["inputs"])
+        self.batch_size = 64
 
     @classmethod
     def load(cls, folder: str | os.PathLike, threads: Optional[int] = None,
@@ -114,6 +105,7 @@ class Bundle:
         return tuple(rng) if rng else None
 
     def predictor(self, batch_size: int = 64, device: Optional[str] = None) -> "Bundle":
+        """The bundle scores itself; ``device`` is chosen by its providers at load."""
         self.batch_size = batch_size
         return self
 
@@ -151,7 +143,7 @@ class Bundle:
 
     def _run(self, encodings, sort: bool = True) -> np.ndarray:
         """The graph over padded (length-sorted) batches; rows back in input order."""
-        batch_size = getattr(self, "batch_size", 64)
+        batch_size = self.batch_size
         order = np.argsort([-len(e.ids) for e in encodings], kind="stable") if sort else np.arange(len(encodings))
         outputs = []
         for start in range(0, len(order), batch_size):

@@ -26,12 +26,14 @@ import torch
 from torch import nn
 
 from . import __version__
+from .batching import PairTokenizer
 from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json
 from .labels import LabelScale
 from .merge import is_merged, load_merged
 from .metrics import evaluate_predictions
+from .predict import Predictor
 from .run import CONFIG, METRICS, load_run
 from .sources import PairSource, SourceOptions
 
@@ -61,14 +63,15 @@ class ExportConfig:
 
 
 class GraphModule(nn.Module):
-    """What goes into the graph: token ids to pooled embeddings (bi) or the normalised score (cross)."""
+    """What goes into the graph: token ids to pooled embeddings (bi) or the normalised score (cross).
+    ``model``: a ``PairRegressor`` or a merged directory's ``MergedScorer`` (the same calls)."""
 
-    def __init__(self, embed, score, arch: str):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.embed_fn, self.score_fn, self.arch = embed, score, arch
+        self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        fn = self.embed_fn if self.arch == "bi" else self.score_fn
+        fn = self.model.embed if self.model.cfg.arch == "bi" else self.model
         return fn(input_ids, attention_mask, token_type_ids).float()
 
 
@@ -96,37 +99,16 @@ def open_source(folder: str | Path) -> Source:
     if is_merged(folder):
         config, scorer, tokenizer = load_merged(folder)
         labels = LabelScale.from_dict(config["labels"])
-        from .batching import PairTokenizer
-        from .predict import Predictor
-
         tokens = PairTokenizer(tokenizer, config["model"]["arch"], config["model"]["max_length"])
-        shim = _PredictShim(scorer, config["model"]["arch"])
-        predictor = Predictor(shim, tokens, labels, batch_size=64, device="cpu")
-        graph = GraphModule(scorer.embed, scorer.score, config["model"]["arch"])
-        return Source(folder, config, graph, tokenizer, labels, predictor.predict, scorer.plain.config)
+        predictor = Predictor(scorer, tokens, labels, batch_size=64, device="cpu")
+        return Source(folder, config, GraphModule(scorer), tokenizer, labels, predictor.predict, scorer.plain.config)
     run = load_run(folder, fused_kernel="off")  # the graph holds plain ops, never a Triton kernel
     model = run.model.eval()
-    graph = GraphModule(model.embed, model.forward, model.cfg.arch)
     config = dict(run.config)
     if (folder / METRICS).is_file():
         config.setdefault("metrics", {"dev": read_json(folder / METRICS).get("dev")})
-    return Source(folder, config, graph, run.tokens.tokenizer, run.labels,
+    return Source(folder, config, GraphModule(model), run.tokens.tokenizer, run.labels,
                   run.predictor(batch_size=64, device="cpu").predict, model.encoder.config)
-
-
-class _PredictShim(nn.Module):
-    """Gives a merged model the PairRegressor calls ``Predictor`` makes (``embed``, ``forward``, ``cfg``)."""
-
-    def __init__(self, scorer, arch: str):
-        super().__init__()
-        self.scorer = scorer
-        self.cfg = type("Cfg", (), {"arch": arch})()
-
-    def embed(self, input_ids, attention_mask, token_type_ids=None):
-        return self.scorer.embed(input_ids, attention_mask, token_type_ids)
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.scorer.score(input_ids, attention_mask, token_type_ids)
 
 
 def _export_graph(source: Source, path: Path, opset: int) -> list[str]:

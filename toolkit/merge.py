@@ -10,6 +10,7 @@ Bottleneck adapters add layers and cannot be folded; ``toolkit export`` puts the
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -119,18 +120,20 @@ def merge_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
 
 
 class MergedScorer(nn.Module):
-    """A merged directory's model with the run's output: pooled embeddings (bi) or the normalised
-    score (cross), from the same inputs as the run's model."""
+    """A merged directory's model with the calls of ``PairRegressor`` that ``Predictor`` and the
+    exporter make (``cfg.arch``, ``embed``, ``forward``), with the same outputs."""
 
     def __init__(self, plain: nn.Module, arch: str):
         super().__init__()
-        self.plain, self.arch = plain, arch
+        self.plain = plain
+        self.cfg = SimpleNamespace(arch=arch)
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         out = self.plain(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return mean_pool(out[0], attention_mask)
 
-    def score(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """The cross-encoder's normalised score."""
         out = self.plain(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.logits[:, 0].float()
 

@@ -305,10 +305,14 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
 
 def _count_rows(path: Path, source: PairSource, shard) -> Optional[int]:
     """Records to expect (for the ETA), where cheap: Parquet metadata, or newlines of a text file."""
+    from .sources.delimited import DelimitedReader
+    from .sources.jsonl import JsonlReader
+    from .sources.parquet import ParquetReader
+
     try:
-        if source.reader.__class__.__name__ == "ParquetReader":
+        if isinstance(source.reader, ParquetReader):
             n = pq.ParquetFile(path).metadata.num_rows
-        elif source.reader.__class__.__name__ in ("DelimitedReader", "JsonlReader"):
+        elif isinstance(source.reader, (DelimitedReader, JsonlReader)):
             n = 0
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 24), b""):
