@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on STS-B with the default model (all-MiniLM-L6-v2 + seq_bn):
 # set up, validate the data, train, evaluate on the test split, export verified ONNX bundles
-# (fp32, and int8 for CPUs), evaluate the int8 bundle on test, score one pair with it.
+# (fp32, and int8 for CPUs), evaluate the int8 bundle on test, score one pair with it, then
+# WiSE-FT: interpolate zero-shot <-> fine-tuned, α chosen on dev (test reported), saved as a run.
 # Usage: bash launch/stsb.sh [RUN_DIR]   (STS-B folder: $STSB, default ../shared/data/stsb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,4 @@ $tk export "$run" --onnx --out "$run-onnx" --overwrite
 $tk export "$run" --onnx --quantize int8 --out "$run-onnx-int8" --overwrite
 $tk eval "$run-onnx-int8" --data "$data/sts-test.csv" --json "$run-onnx-int8/test_metrics.json"
 $tk predict "$run-onnx-int8" "A plane is taking off." "An air plane is taking off."
+$tk wise "$run" --id "$data/sts-dev.csv" --test "$data/sts-test.csv" --alphas 0:1:0.25 --choose --out "$run-wise" --overwrite

@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, group_by_length=not args.no_group_by_length,
                       patience=args.patience if args.patience > 0 else None, metric=args.metric,
                       normalize=args.normalize, save_steps=args.save_steps, keep_checkpoint=args.keep_checkpoint,
-                      eval_batch_size=args.eval_batch_size)
+                      eval_batch_size=args.eval_batch_size, head_init=args.head_init)
     data = DataConfig(train_path, dev_path, source_options(args), dev_table=args.dev_table, dev_query=args.dev_query)
     train(args.out, data, model_cfg, cfg, overwrite=args.overwrite)
     return 0
@@ -155,7 +155,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     cfg = ScoreConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads,
                       shard=args.shard, restart=args.restart, keep_cols=tuple(args.keep_cols or ()),
                       progress=not args.quiet)
-    summary = score_file(args.model, args.input, args.output, source_options(args), cfg)
+    if args.engine == "ray":
+        from .score_ray import RayConfig, score_ray
+
+        summary = score_ray(args.model, args.input, args.output, source_options(args), cfg,
+                            RayConfig(num_gpus_per_actor=args.num_gpus_per_actor, actors=args.actors))
+    else:
+        summary = score_file(args.model, args.input, args.output, source_options(args), cfg)
     for line in summary.skipped_report:
         print(f"skipped: {line}", file=sys.stderr)
     print(f"scored {summary.written} pairs into {summary.output} ({summary.rows} rows read, {summary.bad} bad "
@@ -181,6 +187,50 @@ def cmd_export(args: argparse.Namespace) -> int:
                        verify_pairs=args.verify_pairs, threads=args.threads)
     export_onnx(args.run, args.out, cfg, overwrite=args.overwrite,
                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
+def _eval_set(text: str, role: str, split: str):
+    """``[NAME=]PATH`` (``stsb:FOLDER`` takes the split the role reads)."""
+    from pathlib import Path
+
+    from .wise import EvalSet
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or "/" in name or name.startswith("stsb:"):
+        name, path = "", text
+    path = _data_path(path, split)
+    return EvalSet(name or Path(path).stem, path, role)
+
+
+def cmd_wise(args: argparse.Namespace) -> int:
+    from .io_utils import read_json
+    from .wise import WiseConfig, parse_alphas, wise
+
+    id_text = args.id
+    if id_text is None:  # the run's own dev split: held out from training, used for its model selection too
+        from pathlib import Path
+
+        config = Path(args.run) / "config.json"
+        id_text = read_json(config).get("data", {}).get("dev") if config.is_file() else None
+        if id_text is None:
+            raise ToolkitError("name the in-distribution held-out set: --id FILE")
+    sets = [_eval_set(id_text, "id", "dev")]
+    sets += [_eval_set(t, "ood", "test") for t in args.ood or ()]
+    sets += [_eval_set(t, "test", "test") for t in args.test or ()]
+    cfg = WiseConfig(alphas=parse_alphas(args.alphas), metric=args.metric, tie=args.tie,
+                     batch_size=args.batch_size, progress=not args.quiet)
+    wise(args.run, args.out, sets, source_options(args), cfg, start_dir=args.start, choose=args.choose,
+         overwrite=args.overwrite, say=print)
+    return 0
+
+
+def cmd_shift_splits(args: argparse.Namespace) -> int:
+    from .shift import write_genre_shift
+
+    counts = write_genre_shift(args.stsb, args.out)
+    for folder, files in counts.items():
+        print(f"{args.out}/{folder}: " + ", ".join(f"{name} {n}" for name, n in files.items()))
     return 0
 
 
@@ -233,17 +283,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="stream-score a pair file with a bundle or run; resumable, shardable")
     p.add_argument("model", help="ONNX bundle or run directory")
-    p.add_argument("input", help="pair file (CSV/TSV/JSONL/Parquet/SQLite)")
-    p.add_argument("-o", "--output", required=True, help="output file (.parquet/.csv/.tsv/.jsonl) or folder/")
+    p.add_argument("input", help="pair file (CSV/TSV/JSONL/Parquet/SQLite); --engine ray: also a folder of them")
+    p.add_argument("-o", "--output", required=True, help="output file (.parquet/.csv/.tsv/.jsonl) or folder/ "
+                   "(--engine ray: a folder of Parquet files)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this process; ray: Ray Data on RAY_ADDRESS's cluster or a local Ray (default: local)")
+    p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
+                   help="--engine ray: GPUs per scoring actor; 0 = CPU actors (default: %(default)s)")
+    p.add_argument("--actors", type=int, help="--engine ray: scoring actors (default: cluster CPUs / --threads, "
+                   "or GPUs / --num-gpus-per-actor)")
     p.add_argument("--keep-cols", nargs="+", metavar="COL", help="input columns to copy into the output")
     p.add_argument("--shard", type=_shard, metavar="I/N", help="score only shard I of N (0-based)")
     p.add_argument("--chunk-size", type=int, default=8192, help="records per part (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, help="ONNX Runtime / torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime / torch threads (default: all cores; "
+                   "--engine ray: per actor, default 1)")
     p.add_argument("--restart", action="store_true", help="discard an earlier attempt's parts and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_source_args(p)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("wise", help="WiSE-FT: interpolate a run between its start and its trained weights, "
+                       "sweep α on in-distribution and shifted sets, optionally save the chosen α as a run")
+    p.add_argument("run", help="run directory (θ1)")
+    p.add_argument("--out", required=True, help="folder for results.jsonl and wise.png (with --choose: a run)")
+    p.add_argument("--id", metavar="[NAME=]FILE", help="in-distribution held-out set; α is chosen on it "
+                   "(default: the run's dev file; stsb:FOLDER takes its dev split)")
+    p.add_argument("--ood", action="append", metavar="[NAME=]FILE", help="shifted set (repeatable)")
+    p.add_argument("--test", action="append", metavar="[NAME=]FILE",
+                   help="more in-distribution sets, reported and never used to choose (repeatable)")
+    p.add_argument("--alphas", default="0:1:0.1", help="START:STOP:STEP or a list a,b,c (default: %(default)s)")
+    p.add_argument("--start", metavar="RUN", help="θ0 = another run of the same model and adapter "
+                   "(default: the weights this run's training started from)")
+    p.add_argument("--choose", action="store_true", help="save the chosen α as a run in --out "
+                   "(rule: best --id metric; within --tie of it, the smallest α)")
+    p.add_argument("--metric", default="spearman", choices=list(HIGHER_IS_BETTER))
+    p.add_argument("--tie", type=float, default=0.001,
+                   help="metric difference counted as a tie (default: %(default)s = 0.1 Spearman points)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true")
+    add_source_args(p)
+    p.set_defaults(func=cmd_wise)
+
+    p = sub.add_parser("shift-splits", help="write STS-B genre-shift splits: train on two genres, test on the third")
+    p.add_argument("stsb", help="the STS-B release folder")
+    p.add_argument("--out", required=True, help="folder for heldout-{captions,news,forum}/")
+    p.set_defaults(func=cmd_shift_splits)
 
     p = sub.add_parser("predict", help="score one pair with a run or an ONNX bundle")
     p.add_argument("run")
@@ -302,6 +388,9 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--save-steps", type=int, default=0,
                    help="also checkpoint every N optimiser steps for --resume (default: at epoch ends only)")
     g.add_argument("--keep-checkpoint", action="store_true", help="keep the resumable checkpoint after the run")
+    g.add_argument("--head-init", default="random", choices=("random", "lp"),
+                   help="cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); "
+                   "`toolkit wise` needs it (default: %(default)s)")
     add_source_args(p)
 
 

@@ -41,3 +41,59 @@ def plot_predictions(path: str | Path, pred: Sequence[float], gold: Sequence[flo
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Optional[float], title: str = "",
+              start_label: str = "zero-shot") -> None:
+    """Left: in-distribution vs shifted metric along α, one line per shifted set, both ends and the
+    chosen α marked. Right: every set's metric against α."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .wise import curve
+
+    scale = 100.0 if metric in ("spearman", "pearson") else 1.0
+    sets = list(dict.fromkeys(r["set"] for r in records))
+    roles = {r["set"]: r["role"] for r in records}
+    id_sets = [s for s in sets if roles[s] == "id"] or [s for s in sets if roles[s] == "test"]
+    ood_sets = [s for s in sets if roles[s] == "ood"]
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.4), dpi=120)
+    ax = axes[0]
+    if id_sets and ood_sets:
+        alphas, x = curve(records, id_sets[0], metric)
+        for i, name in enumerate(ood_sets):
+            color = f"C{i}"
+            _, y = curve(records, name, metric)
+            ax.plot(scale * x, scale * y, "-o", color=color, ms=3, lw=1.2, label=name)
+            ax.scatter([scale * x[0]], [scale * y[0]], marker="s", s=60, color=color, zorder=3)
+            ax.scatter([scale * x[-1]], [scale * y[-1]], marker="*", s=140, color=color, zorder=3)
+            for a, xi, yi in zip(alphas, x, y):
+                ax.annotate(f"{a:g}", (scale * xi, scale * yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if chosen is not None:
+                k = int(np.argmin(np.abs(alphas - chosen)))
+                ax.scatter([scale * x[k]], [scale * y[k]], s=180, facecolors="none", edgecolors="k", zorder=4)
+        ax.set_xlabel(f"{id_sets[0]} (in-distribution) {metric}")
+        ax.set_ylabel(f"shifted {metric}")
+        ax.set_title(f"square: α=0 ({start_label}), star: α=1 (fine-tuned)"
+                     + (f", ring: chosen α={chosen:g}" if chosen is not None else ""), fontsize=9)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "needs an in-distribution and a shifted set", ha="center", va="center")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for i, name in enumerate(sets):
+        alphas, y = curve(records, name, metric)
+        ax.plot(alphas, scale * y, "-o", ms=3, color=f"C{i}", label=f"{name} ({roles[name]})")
+    if chosen is not None:
+        ax.axvline(chosen, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("α  (0: " + start_label + ", 1: fine-tuned)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

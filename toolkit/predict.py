@@ -36,7 +36,7 @@ class Predictor:
         try:
             if self.model.cfg.arch == "cross":
                 encoded = [e[0] for e in self.tokens.encode_pairs(s1, s2)]
-                return self._run(encoded, self.model).double().numpy()
+                return self.run_batches(encoded, self.model).double().numpy()
             return self._bi(s1, s2)
         finally:
             self.model.train(was_training)
@@ -47,7 +47,7 @@ class Predictor:
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Mean-pooled embeddings (float32, on the CPU) of ``texts``, in order."""
-        return self._run(self.tokens.encode_texts(texts), self.model.embed)
+        return self.run_batches(self.tokens.encode_texts(texts), self.model.embed)
 
     def _bi(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
         unique = list(dict.fromkeys([*s1, *s2]))
@@ -57,7 +57,7 @@ class Predictor:
         b = emb[torch.tensor([where[s] for s in s2])]
         return torch.nn.functional.cosine_similarity(a, b, dim=-1).double().numpy()
 
-    def _run(self, items: list[Encoded], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def run_batches(self, items: list[Encoded], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         """``fn`` over length-sorted batches of ``items``; rows (float32, CPU) in input order."""
         order = np.argsort(-np.asarray([len(e) for e in items]), kind="stable")
         loader = DataLoader([items[i] for i in order], batch_size=self.batch_size, collate_fn=self.tokens.pad)

@@ -3,6 +3,8 @@
     config.json        resolved model/train/data config, label scale, base-model reference
     adapter/           adapter (+ head) in the adapters library's format, safetensors
                        (full fine-tuning: adapter/model.safetensors, every weight)
+    init/              the trainable weights as training started (adapter at identity, linear-probe
+                       head), safetensors: the α = 0 end of ``toolkit wise``
     metrics.json       best dev metrics, per-epoch history, parameter counts, time
     train_log.jsonl    one line per epoch; train.log the same for people
 """
@@ -26,6 +28,8 @@ from .predict import Predictor
 
 CONFIG = "config.json"
 WEIGHTS_DIR = "adapter"
+INIT_DIR = "init"  # trainable weights as training started: WiSE-FT's α = 0 end
+INIT_WEIGHTS = "params.safetensors"
 METRICS = "metrics.json"
 
 

@@ -75,7 +75,7 @@ class ScoreSummary:
 
 
 # -- the model: a bundle (ONNX Runtime) or a run directory (PyTorch) --------------------------------------
-class _Scorer:
+class Scorer:
     """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread)."""
 
     def __init__(self, model_path: str, cfg: ScoreConfig):
@@ -119,7 +119,7 @@ def _out_format(path: Path) -> Optional[str]:
     return OUT_FORMATS.get(path.suffix.lower())
 
 
-def _part_table(chunk: PairChunk, scores: np.ndarray, keep_cols: tuple[str, ...]) -> pa.Table:
+def part_table(chunk: PairChunk, scores: np.ndarray, keep_cols: tuple[str, ...]) -> pa.Table:
     columns = {"id": pa.array(chunk.ids, pa.string()), "score": pa.array(scores, pa.float64())}
     for name in keep_cols:
         columns[name] = pa.array(chunk.extra[name], pa.string())
@@ -209,7 +209,7 @@ def _open_manifest(parts_dir: Path, name: str, identity: dict, restart: bool, ta
 
 
 # -- the job -----------------------------------------------------------------------------------------------
-def _reader(source: PairSource, scorer: _Scorer, q: queue.Queue, done_parts: dict, stop: threading.Event,
+def _reader(source: PairSource, scorer: Scorer, q: queue.Queue, done_parts: dict, stop: threading.Event,
             shard: Optional[tuple[int, int]]) -> None:
     """Reader thread: (part index, chunk, prepared) for parts still to do; (index, chunk, None) for
     parts already written; then None. Exceptions travel through the queue."""
@@ -245,7 +245,7 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
     source = PairSource(input_path, options)
     if not to_dir and out_path.is_file() and not any(parts_dir.glob(f"*{MANIFEST}")) and not cfg.restart:
         raise ToolkitError(f"{out}: already exists (a finished output); pass --restart to score it again")
-    scorer = _Scorer(model_path, cfg)
+    scorer = Scorer(model_path, cfg)
     identity = {"model": scorer.fingerprint, "input": _input_fingerprint(Path(input_path)),
                 "settings": _settings(options, cfg)}
     manifest_name = f"{shard_tag}{MANIFEST}"
@@ -277,7 +277,7 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
             if prepared is not None:
                 scores = scorer.score(prepared)
                 with atomic_path(parts_dir / name) as tmp:
-                    pq.write_table(_part_table(chunk, scores, cfg.keep_cols), tmp)
+                    pq.write_table(part_table(chunk, scores, cfg.keep_cols), tmp)
                 done[str(index)] = {"file": name, "rows": len(chunk)}
                 manifest["parts"] = done
                 write_json(parts_dir / manifest_name, manifest)

@@ -29,7 +29,7 @@ from .loading import load_tokenizer, resolve_model
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor
 from .predict import Predictor
-from .run import CONFIG, METRICS, WEIGHTS_DIR, base_reference, write_config
+from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
 from .sources import Columns, PairChunk, PairSource, SourceOptions
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
@@ -56,6 +56,7 @@ class TrainConfig:
     normalize: str = "auto"  # range | zscore | auto (range when a score range is declared)
     save_steps: int = 0  # also checkpoint every N optimiser steps (0: at epoch ends only)
     keep_checkpoint: bool = False  # keep the resumable checkpoint after a finished run
+    head_init: str = "random"  # cross-encoders: random | lp (linear probe first: LP-FT, needed by `toolkit wise`)
 
     def resolved_lr(self, adapter: str) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ToolkitError("--lr must be positive")
         if self.save_steps < 0:
             raise ToolkitError("--save-steps must be 0 or more")
+        if self.head_init not in ("random", "lp"):
+            raise ToolkitError("--head-init must be random or lp")
 
     def per_device_batch(self, processes: int) -> int:
         if self.global_batch_size is None:
@@ -257,6 +260,16 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     model = PairRegressor.create(model_cfg, base_folder)
     tokens = PairTokenizer(load_tokenizer(base_folder, model_cfg.trust_remote_code), model_cfg.arch,
                            model_cfg.max_length)
+    probe = None
+    if cfg.head_init == "lp" and checkpoint is None:
+        from .probe import fit_linear_probe
+
+        model.to(accelerator.device)
+        probe = fit_linear_probe(model, tokens, (train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores),
+                                 (dev_pairs.s1, dev_pairs.s2), labels.normalize(dev_pairs.scores),
+                                 cfg.eval_batch_size, accelerator.device)
+    elif cfg.head_init == "lp" and model_cfg.arch != "cross":
+        raise ToolkitError("--head-init lp is for cross-encoders")
     counts = model.parameter_counts()
     lr = cfg.resolved_lr(model_cfg.adapter)
     effective = per_device * accelerator.num_processes * cfg.grad_accum
@@ -266,7 +279,8 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
                      resolved={"score_range": score_range, "columns": dataclasses.asdict(train_src.columns),
                                "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
                                "processes": accelerator.num_processes, "per_device_batch": per_device,
-                               "effective_batch": effective})
+                               "effective_batch": effective,
+                               "linear_probe": dataclasses.asdict(probe) if probe is not None else None})
 
     dataset = PairDataset(tokens.encode_pairs(train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores))
     # global batches; each process takes its share (split_batches), see distributed.make_accelerator
@@ -291,6 +305,8 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
     log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
             f"(score = {labels.offset:g} + {labels.scale:g} * y)")
+    if probe is not None:
+        log.say(probe.describe())
     log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}"
             f"{' ZeRO-' + str(accelerator.state.deepspeed_plugin.zero_stage) if ds_config else ''}, "
             f"device {accelerator.device}, precision {precision}")
@@ -313,6 +329,21 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
                     unwrapped.save_weights(tmp)
         accelerator.wait_for_everyone()
 
+    def save_init() -> None:
+        """The trainable weights as training starts (adapter at its identity init, linear-probe head):
+        the α = 0 end of ``toolkit wise``. Full fine-tuning starts from the base model's weights, which
+        are not copied: only its head is saved."""
+        named = [(n, p) for n, p in unwrapped.named_parameters()
+                 if p.requires_grad and (model_cfg.adapter != "none" or ".heads." in n)]
+        with gathered(accelerator, [p for _, p in named]):
+            if main:
+                from safetensors.torch import save_file
+
+                with atomic_dir(out / INIT_DIR) as tmp:
+                    save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / INIT_WEIGHTS),
+                              metadata={"head_init": cfg.head_init if model_cfg.arch == "cross" else "none"})
+        accelerator.wait_for_everyone()
+
     # -- state: fresh, or from the last checkpoint ----------------------------------------------------
     if checkpoint is not None:
         state, best_pred = load_checkpoint(accelerator, checkpoint)
@@ -322,6 +353,7 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     else:
         best_pred, dev, _ = evaluate()
         state = TrainerState(best=dev, history=[{"epoch": 0, "dev": dev}])
+        save_init()
         save_best()
         log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
         log.record({"epoch": 0, "dev": dev})

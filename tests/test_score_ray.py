@@ -1,0 +1,140 @@
+"""``toolkit score --engine ray`` on a local Ray instance (2 CPUs) started here: the same ids and
+scores as the local engine (one file in parts, a folder of files in two formats, kept columns),
+bad rows under both policies, refusals, and the one-line message without Ray."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import stsb_rows
+from toolkit.errors import ToolkitError
+from toolkit.export import ExportConfig, export_onnx
+from toolkit.model import ModelConfig
+from toolkit.score import ScoreConfig, score_file
+from toolkit.sources import Columns, SourceOptions
+from toolkit.train import DataConfig, TrainConfig, train
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+NO_RAY = Path(__file__).resolve().parent / "no_ray"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, small_stsb) -> Path:
+    root = tmp_path_factory.mktemp("ray_model")
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=None))
+    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
+                log=lambda line: None)
+    return root / "bundle"
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"sentence1": r[5], "sentence2": r[6], "genre": r[0]} for r in stsb_rows("test", offset + n)[offset:]]
+
+
+def _local(bundle: Path, path: Path, out: Path, options: SourceOptions, cfg: ScoreConfig):
+    summary = score_file(str(bundle), str(path), str(out), options, cfg)
+    return pq.read_table(out).to_pylist(), summary
+
+
+def _ray_out(folder: Path) -> list[dict]:
+    return pads.dataset(str(folder), format="parquet").to_table().to_pylist()
+
+
+def _same(local: list[dict], remote: list[dict]) -> None:
+    got = {r["id"]: r for r in remote}
+    assert len(got) == len(remote) == len(local)  # nothing duplicated, nothing lost
+    for row in local:
+        other = got[row["id"]]
+        assert abs(other["score"] - row["score"]) <= 1e-6
+        assert {k: v for k, v in other.items() if k not in ("id", "score")} == \
+               {k: v for k, v in row.items() if k not in ("id", "score")}
+
+
+def test_one_file_in_parts_equals_the_local_engine(tmp_path, local_ray, bundle):
+    from toolkit.score_ray import RayConfig, score_ray
+
+    src = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows(450)), src, row_group_size=100)
+    cfg = ScoreConfig(chunk_size=64, keep_cols=("genre",), progress=False)
+    options = SourceOptions()
+    local, _ = _local(bundle, src, tmp_path / "local.parquet", options, cfg)
+    summary = score_ray(str(bundle), str(src), str(tmp_path / "ray"), options, cfg, RayConfig())
+    assert summary.written == summary.rows == 450 and summary.bad == 0
+    _same(local, _ray_out(tmp_path / "ray"))
+    assert not list(tmp_path.glob(".ray.*"))  # the temporary folder was renamed into place
+
+
+def test_folder_of_files_and_bad_rows(tmp_path, local_ray, bundle):
+    """CSV + JSONL in one folder; skipped rows are counted and reported with file and line, as locally."""
+    from toolkit.score_ray import RayConfig, score_ray
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    csv_rows = _rows(120)
+    csv_rows[7]["sentence2"] = ""  # bad: empty text
+    import csv
+
+    with open(folder / "a.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+        w.writeheader()
+        w.writerows(csv_rows)
+    json_rows = _rows(90, offset=120)
+    with open(folder / "b.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(json_rows):
+            f.write("{not json\n" if i == 30 else json.dumps(r) + "\n")
+    cfg = ScoreConfig(chunk_size=50, progress=False)
+    options = SourceOptions(policy="skip")
+    summary = score_ray(str(bundle), str(folder), str(tmp_path / "ray"), options, cfg, RayConfig())
+    assert (summary.rows, summary.bad, summary.written) == (210, 2, 208)
+    assert any(p.startswith(f"{folder / 'a.csv'}:9:") for p in summary.skipped_report), summary.skipped_report
+    assert any(p.startswith(f"{folder / 'b.jsonl'}:31:") for p in summary.skipped_report), summary.skipped_report
+    remote = _ray_out(tmp_path / "ray")
+    for name in ("a.csv", "b.jsonl"):
+        local, report = _local(bundle, folder / name, tmp_path / f"{name}.parquet", options, cfg)
+        assert report.bad == 1
+        _same(local, [dict(r, id=r["id"][len(name) + 1:]) for r in remote if r["id"].startswith(f"{name}:")])
+
+    with pytest.raises(ToolkitError, match=rf"^{folder / 'a.csv'}:9: .*empty"):
+        score_ray(str(bundle), str(folder), str(tmp_path / "ray2"), SourceOptions(), cfg, RayConfig())
+    assert not (tmp_path / "ray2").exists()
+
+
+def test_refusals(tmp_path, local_ray, bundle, small_stsb):
+    from toolkit.score_ray import RayConfig, score_ray
+
+    cfg = ScoreConfig(progress=False)
+    with pytest.raises(ToolkitError, match="folder of Parquet files"):
+        score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x.parquet"), SourceOptions(), cfg, RayConfig())
+    with pytest.raises(ToolkitError, match="--shard is for the local engine"):
+        score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x"), SourceOptions(),
+                  ScoreConfig(shard=(0, 2)), RayConfig())
+    with pytest.raises(ToolkitError, match="no column 'text'"):
+        score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x"),
+                  SourceOptions(columns=Columns(s1="text")), cfg, RayConfig())
+    with pytest.raises(ToolkitError, match="no pair files"):
+        (tmp_path / "empty").mkdir()
+        score_ray(str(bundle), str(tmp_path / "empty"), str(tmp_path / "x"), SourceOptions(), cfg, RayConfig())
+
+
+def test_without_ray_one_line(tmp_path, bundle, small_stsb):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(NO_RAY)}
+    proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "score", str(bundle), str(small_stsb["dev"]),
+                           "-o", str(tmp_path / "out"), "--engine", "ray"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and 'pip install "toolkit[ray]"' in proc.stderr
