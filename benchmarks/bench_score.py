@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +70,8 @@ def main() -> int:
     ap.add_argument("--rss-pairs", type=int, nargs=2, default=[50000, 1000000], metavar=("SMALL", "LARGE"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--skip", nargs="*", default=[], help="scorers to leave out (eager, ce-torch, ce-onnx)")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="parts to leave out (eager, ce-torch, ce-onnx, fp32, ray, rss)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -130,7 +132,7 @@ def main() -> int:
                                       show_progress_bar=False))
 
     options = SourceOptions(columns=Columns(id="id"), need_score=False)
-    for variant in ("fp32", "int8"):
+    for variant in [v for v in ("fp32", "int8") if v not in args.skip]:
         cfg = ScoreConfig(threads=args.threads, batch_size=args.batch_size, restart=True, progress=False)
 
         def run_score(a, b, v=variant, c=cfg):
@@ -146,8 +148,31 @@ def main() -> int:
 
         record(f"toolkit score, {variant} bundle", run_score, test_scores)
 
+    if "ray" not in args.skip:
+        import ray
+
+        from toolkit.score_ray import RayConfig, score_ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        print(f"ray.init: {time.perf_counter() - t:.1f}s (not counted below)", file=sys.stderr)
+        ray_cfg = ScoreConfig(threads=1, batch_size=args.batch_size, restart=True, progress=False)
+
+        def ray_score(a, b):
+            score_ray(str(out / "int8"), str(data if len(a) == len(s1) else out / "warm.parquet"),
+                      str(out / "scores-ray"), options, ray_cfg, RayConfig())
+
+        def ray_test():
+            score_ray(str(out / "int8"), str(test_file), str(out / "test-ray"), options, ray_cfg, RayConfig())
+            got = {r["id"]: r["score"] for r in pads.dataset(str(out / "test-ray")).to_table().to_pylist()}
+            return [got[i] for i in test.ids]
+
+        record(f"toolkit score --engine ray, int8 bundle ({os.cpu_count()} actors x 1 thread, local Ray; "
+               "actor start-up included)", ray_score, ray_test)
+        ray.shutdown()
+
     rss = {}
-    for n in args.rss_pairs:
+    for n in [] if "rss" in args.skip else args.rss_pairs:
         path = out / f"pairs-{n}.parquet"
         if not path.exists():
             write_pairs(path, test.s1, test.s2, n)

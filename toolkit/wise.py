@@ -268,7 +268,7 @@ def save_chosen(run: Run, interpolation: Interpolation, alpha: float, out: Path,
     with atomic_dir(out / INIT_DIR) as tmp:
         save_file({n: t.contiguous() for n, t in start.items()}, str(tmp / INIT_WEIGHTS),
                   metadata={"head_init": head_init})
-    write_json(out / METRICS, {"dev": id_metrics, "wise": info})
+    write_json(out / METRICS, {"dev": id_metrics, "params": run.model.parameter_counts(), "wise": info})
     config = {k: v for k, v in run.config.items() if k != "kind"}
     write_json(out / CONFIG, {**config, "wise": info})  # last: only now is ``out`` a run
 
