@@ -204,18 +204,9 @@ def _eval_set(text: str, role: str, split: str):
 
 
 def cmd_wise(args: argparse.Namespace) -> int:
-    from .io_utils import read_json
     from .wise import WiseConfig, parse_alphas, wise
 
-    id_text = args.id
-    if id_text is None:  # the run's own dev split: held out from training, used for its model selection too
-        from pathlib import Path
-
-        config = Path(args.run) / "config.json"
-        id_text = read_json(config).get("data", {}).get("dev") if config.is_file() else None
-        if id_text is None:
-            raise ToolkitError("name the in-distribution held-out set: --id FILE")
-    sets = [_eval_set(id_text, "id", "dev")]
+    sets = [_eval_set(args.id, "id", "dev")] if args.id else []
     sets += [_eval_set(t, "ood", "test") for t in args.ood or ()]
     sets += [_eval_set(t, "test", "test") for t in args.test or ()]
     cfg = WiseConfig(alphas=parse_alphas(args.alphas), metric=args.metric, tie=args.tie,

@@ -52,8 +52,6 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .wise import curve
-
     scale = 100.0 if metric in ("spearman", "pearson") else 1.0
     sets = list(dict.fromkeys(r["set"] for r in records))
     roles = {r["set"]: r["role"] for r in records}
@@ -97,3 +95,9 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def curve(records: list[dict], name: str, metric: str = "spearman") -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, metric) of one set of a WiSE-FT sweep, in α order."""
+    rows = sorted((r["alpha"], r.get(metric)) for r in records if r["set"] == name)
+    return np.array([a for a, _ in rows]), np.array([np.nan if v is None else v for _, v in rows])

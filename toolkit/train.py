@@ -268,8 +268,6 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
         probe = fit_linear_probe(model, tokens, (train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores),
                                  (dev_pairs.s1, dev_pairs.s2), labels.normalize(dev_pairs.scores),
                                  cfg.eval_batch_size, accelerator.device)
-    elif cfg.head_init == "lp" and model_cfg.arch != "cross":
-        raise ToolkitError("--head-init lp is for cross-encoders")
     counts = model.parameter_counts()
     lr = cfg.resolved_lr(model_cfg.adapter)
     effective = per_device * accelerator.num_processes * cfg.grad_accum

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 from .errors import ToolkitError
@@ -36,7 +35,6 @@ from .sources import PairSource, SourceOptions
 
 RESULTS = "results.jsonl"
 PLOT = "wise.png"
-ROLES = ("id", "ood", "test")  # id: held-out in-distribution (chooses α); ood: shifted; test: reported only
 # what must agree for two runs to be points of one weight space
 _SAME_MODEL = ("arch", "adapter", "reduction_factor", "lora_r", "lora_alpha", "head_layers")
 
@@ -45,7 +43,7 @@ _SAME_MODEL = ("arch", "adapter", "reduction_factor", "lora_r", "lora_alpha", "h
 class EvalSet:
     name: str
     path: str
-    role: str
+    role: str  # id: held-out in-distribution (chooses α); ood: shifted; test: in-distribution, reported only
 
 
 @dataclass
@@ -173,10 +171,6 @@ class Interpolation:
             else:
                 p.copy_(torch.lerp(self.start[name].to(p.dtype), self.end[name], float(alpha)))
 
-    def start_weights(self) -> dict[str, torch.Tensor]:
-        return self.start
-
-
 # -- sweep -------------------------------------------------------------------------------------------
 @dataclass
 class WiseResult:
@@ -262,7 +256,7 @@ def save_chosen(run: Run, interpolation: Interpolation, alpha: float, out: Path,
     with atomic_dir(out / WEIGHTS_DIR) as tmp:
         run.model.save_weights(tmp)
     head_init = "lp" if run.model.cfg.arch == "cross" else "none"
-    start = interpolation.start_weights()
+    start = interpolation.start
     if interpolation.start_name == "init" and run.model.cfg.adapter == "none":  # the base model's: not copied
         start = {n: t for n, t in start.items() if ".heads." in n}
     with atomic_dir(out / INIT_DIR) as tmp:
@@ -286,11 +280,14 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
         raise ToolkitError(f"{out}: --out must not be the run being interpolated")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ToolkitError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
-    if choose and not any(s.role == "id" for s in sets):
-        raise ToolkitError("--choose needs --id: α is chosen on in-distribution held-out data only")
+    run = load_run(run_dir, fused_kernel="off")
+    if not any(s.role == "id" for s in sets):  # the run's own dev split: held out from training
+        dev = run.config.get("data", {}).get("dev")
+        if dev is None:
+            raise ToolkitError("name the in-distribution held-out set: --id FILE")
+        sets = [EvalSet(Path(dev).stem, dev, "id"), *sets]
     if len({s.name for s in sets}) != len(sets):
         raise ToolkitError("two evaluation sets have the same name: name them NAME=PATH")
-    run = load_run(run_dir, fused_kernel="off")
     start = load_run(start_dir, fused_kernel="off") if start_dir is not None else None
     interpolation = Interpolation(run, start)
     records = sweep(run, interpolation, sets, options, cfg, say)
@@ -319,8 +316,3 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
             f"saved as a run in {out}")
     return WiseResult(records, chosen, out)
 
-
-def curve(records: list[dict], name: str, metric: str = "spearman") -> tuple[np.ndarray, np.ndarray]:
-    """(alphas, metric) of one set, in α order."""
-    rows = sorted((r["alpha"], r.get(metric)) for r in records if r["set"] == name)
-    return np.array([a for a, _ in rows]), np.array([np.nan if v is None else v for _, v in rows])
