@@ -90,7 +90,7 @@ def main() -> int:
         if not path.exists():
             export_onnx(args.run, path, ExportConfig(verify_data=str(dev), threads=args.threads, **kw),
                         log=lambda line: print(line, file=sys.stderr))
-        bundles[variant] = Bundle.load(path, threads=args.threads, providers=["CPUExecutionProvider"])
+        bundles[variant] = Bundle.load(path, threads=args.threads, provider="cpu")
         bundles[variant].predictor(batch_size=args.batch_size)
 
     run = load_run(args.run, fused_kernel="off")

@@ -12,6 +12,7 @@ from adapters.methods.modeling import Adapter
 from torch import nn
 
 from .adapter_bottleneck import fused_adapter_bottleneck, kernels_available
+from .selfcheck import CallClass, verdict
 
 # transformers' activation classes (what adapters' Activation_Function_Class wraps) -> kernel names;
 # GELUActivation is the exact (erf) GELU whether it runs torch's or its Python implementation
@@ -53,7 +54,8 @@ def fusable(adapter: nn.Module) -> str | None:
 
 class FusedBottleneckAdapter(Adapter):
     """``Adapter`` whose forward runs the fused kernel where it can (CUDA, or the Triton interpreter)
-    and the library's own forward where it cannot (CPU tensors, dropout while training, gating output)."""
+    and has passed its self-check for this kind of call, and the library's own forward where not
+    (CPU tensors, dropout while training, gating output, a failed self-check)."""
 
     def forward(self, x, residual_input, output_gating=False):
         if output_gating or (self.training and self.dropout.p > 0) or not kernels_available(x.device):
@@ -65,6 +67,10 @@ class FusedBottleneckAdapter(Adapter):
         # The residual is read once when it is x itself and x needs no cast (as in double_seq_bn);
         # otherwise it is read in its own dtype, as eager autocast would add it.
         residual = None if residual_input is x and cast[0] is x else residual_input
+        call = CallClass(str(x.device), dtype, down.in_features, down.out_features, adapter_activation(self),
+                         residual is not None)
+        if not verdict(call).ok:
+            return super().forward(x, residual_input, output_gating)
         with torch.autocast(x.device.type, enabled=False):
             out = fused_adapter_bottleneck(cast[0], residual, *cast[1:], self.scaling, adapter_activation(self))
         return out, None, None  # down/up activations are only read by Fuse compositions (not fused)

@@ -1,5 +1,6 @@
 """Started by ``accelerate launch`` from test_distributed.py, once per process: trains through the
-library API, then reports what this process saw of the world and a digest of its trained weights."""
+library API, then reports what this process saw of the world, the training pairs each of its
+batches counted, and a digest of its trained weights."""
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +13,23 @@ import torch
 
 from toolkit.model import ModelConfig
 from toolkit.sources import SourceOptions
-from toolkit.train import DataConfig, TrainConfig, train
+from toolkit.train import BatchSeen, DataConfig, TrainConfig, train
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    result = train(spec["out"], DataConfig(spec["train"], spec["dev"], SourceOptions()),
-                   ModelConfig(**spec["model"]), TrainConfig(**spec["train_cfg"]))
+    for i, one in enumerate(spec.get("runs") or [{"out": spec["out"], "train_cfg": spec["train_cfg"]}]):
+        train_one(spec, one["out"], one["train_cfg"], f"-{i}" if "runs" in spec else "")
+
+
+def train_one(spec: dict, out: str, train_cfg: dict, tag: str) -> None:
+    seen: list[dict] = []
+
+    def observe(batch: BatchSeen) -> None:
+        seen.append({"epoch": batch.epoch, "batch": batch.batch, "indices": batch.indices})
+
+    result = train(out, DataConfig(spec["train"], spec["dev"], SourceOptions()), ModelConfig(**spec["model"]),
+                   TrainConfig(**train_cfg), observe=observe)
     assert torch.distributed.is_initialized(), "no process group: this process trained alone"
     digest = hashlib.sha256()
     for name, p in sorted(result.model.named_parameters()):
@@ -28,8 +39,8 @@ def main() -> None:
     rank = torch.distributed.get_rank()
     report = {"rank": rank, "world_size": torch.distributed.get_world_size(),
               "launcher_world_size": int(os.environ["WORLD_SIZE"]), "digest": digest.hexdigest(),
-              "dev_predictions": result.dev_predictions.tolist()}
-    Path(spec["reports"], f"rank{rank}.json").write_text(json.dumps(report))
+              "dev_predictions": result.dev_predictions.tolist(), "seen": seen}
+    Path(spec["reports"], f"rank{rank}{tag}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

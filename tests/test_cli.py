@@ -43,7 +43,8 @@ TRAIN_BAD = ["train", "--train", "{tmp}/bad.csv", "--dev", "{tmp}/bad.csv", "--o
     (["check", "{tmp}/missing.csv"], "{tmp}/missing.csv: no such file"),
     (TRAIN_BAD, "{tmp}/bad.csv:3: empty sentence2"),
     (["eval", "{tmp}/norun", "--data", "{tmp}/bad.csv"],
-     "{tmp}/norun: not a run directory (no config.json); train one with `toolkit train`"),
+     "{tmp}/norun: not a run directory, merged folder or ONNX bundle (no such folder); train one with "
+     "`toolkit train`"),
     (["train", "--data", "stsb:{tmp}/nowhere", "--out", "{tmp}/run"],
      "{tmp}/nowhere: no such folder (--data stsb:{tmp}/nowhere)"),
     (TRAIN_BAD + ["--model", "org/model"], "model 'org/model' is neither a known short name (all-minilm-l6-v2, "

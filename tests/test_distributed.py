@@ -100,6 +100,65 @@ def test_ddp_two_processes_one_world_matches_single_process(tmp_path, pairs):
             assert a["dev"][key] == pytest.approx(b["dev"][key], abs=1e-4), (a["epoch"], key)
 
 
+@pytest.fixture(scope="module")
+def odd_pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
+    """203 training pairs: no batch size or world size divides them, so short batches happen."""
+    root = tmp_path_factory.mktemp("odd_pairs")
+    return {"train": write_stsb_slice(root / "train.csv", "train", 203),
+            "dev": write_stsb_slice(root / "dev.csv", "dev", 40)}
+
+
+def _per_epoch(seen: list[dict]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for batch in seen:
+        out.setdefault(batch["epoch"], []).extend(batch["indices"])
+    return out
+
+
+def _steps(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+def test_ddp_trains_every_pair_once_per_epoch_and_follows_the_single_process_loss(tmp_path, odd_pairs):
+    """N = 203, batch 8 per process x 2 processes, without and with accumulation (2 steps): every
+    pair counts in exactly one batch of one rank per epoch, and each optimiser step's loss equals the
+    single-process run's (one launch trains both)."""
+    model = {"max_length": 48, "dropout": 0.0}
+    common = {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 32, "log_steps": 1}
+    runs = [{"out": str(tmp_path / f"ddp{accum}"), "train_cfg": {**common, "grad_accum": accum, "batch_size": 8}}
+            for accum in (1, 2)]
+    spec = {"runs": runs, "train": str(odd_pairs["train"]), "dev": str(odd_pairs["dev"]), "reports": str(tmp_path),
+            "model": model}
+    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = DataConfig(str(odd_pairs["train"]), str(odd_pairs["dev"]), SourceOptions())
+    for i, accum in enumerate((1, 2)):
+        reports = [json.loads((tmp_path / f"rank{r}-{i}.json").read_text()) for r in (0, 1)]
+        assert reports[0]["digest"] == reports[1]["digest"]
+        ranks = [_per_epoch(r["seen"]) for r in reports]
+        for epoch in (1, 2):
+            together = ranks[0][epoch] + ranks[1][epoch]
+            assert sorted(together) == list(range(203)), f"accum {accum}, epoch {epoch}: pairs lost or counted twice"
+        assert all(len(b["indices"]) <= 8 for r in reports for b in r["seen"])
+
+        seen: list[dict] = []
+        single = train(tmp_path / f"single{accum}", data, ModelConfig(**model),
+                       TrainConfig(**common, grad_accum=accum, batch_size=16),
+                       observe=lambda b: seen.append({"epoch": b.epoch, "indices": b.indices})).summary
+        assert all(sorted(ids) == list(range(203)) for ids in _per_epoch(seen).values())
+        a, b = _steps(tmp_path / f"ddp{accum}"), _steps(tmp_path / f"single{accum}")
+        assert len(a) == len(b) == 2 * -(-13 // accum)  # ceil(203 / 16) global batches per epoch, by accum
+        for x, y in zip(a, b):
+            assert (x["step"], x["pairs"]) == (y["step"], y["pairs"])
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (accum, x["step"])
+        assert sum(x["pairs"] for x in a) == 2 * 203
+        ddp = json.loads((tmp_path / f"ddp{accum}" / "metrics.json").read_text())
+        for x, y in zip(ddp["history"][1:], single["history"][1:]):
+            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+            for key in ("spearman", "pearson", "mse"):
+                assert x["dev"][key] == pytest.approx(y["dev"][key], abs=1e-4), (accum, x["epoch"], key)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_two_cpu_processes_saves_a_loadable_adapter(tmp_path, pairs, stage):
     out = tmp_path / f"zero{stage}"
@@ -219,3 +278,78 @@ def test_shipped_configs_parse_and_leave_our_settings_auto():
                 assert ds[key] == "auto", (path.name, key)
             assert ds["optimizer"]["params"]["lr"] == "auto" and ds["scheduler"]["params"]["warmup_max_lr"] == "auto"
     assert load_config_from_file(str(CONFIGS / "multi_node_2x8.yaml")).num_machines == 2
+
+
+def _train_args(pairs: dict, out: Path, *extra: str) -> list[str]:
+    return ["--train", str(pairs["train"]), "--dev", str(pairs["dev"]), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--max-length", "48", "--eval-batch-size", "32", "--patience", "0",
+            "--save-steps", "2", "--resume-if-exists", *extra]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it (torch's launcher starts its workers in
+    sessions of their own: killing its process group would leave them running)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for p in [*root.children(recursive=True), root]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_sigkilled_two_process_run_continues_when_the_same_command_is_rerun(tmp_path, odd_pairs):
+    """What SLURM --requeue does: the whole job is killed mid-epoch, then the same command runs again."""
+    ref = launch("cpu_2proc.yaml", REPO / "launch" / "train.py", *_train_args(odd_pairs, tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+           "--main_process_port", str(free_port()), str(REPO / "launch" / "train.py"), *_train_args(odd_pairs, run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = run / "checkpoint" / "trainer_state.json"
+    try:
+        while proc.poll() is None:  # 13 batches an epoch, a checkpoint every 2 steps
+            try:
+                state = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                state = {}
+            if state.get("epoch") == 2 and state.get("batches_done", 0) >= 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.4)
+        _kill_tree(proc.pid)  # the launcher and both workers at once, as a scheduler's preemption does
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+    assert not (run / "metrics.json").exists()
+
+    again = launch("cpu_2proc.yaml", REPO / "launch" / "train.py", *_train_args(odd_pairs, run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from checkpoint: epoch 2" in (run / "train.log").read_text()
+    a, b = _history(tmp_path / "ref"), _history(run)
+    assert [h["epoch"] for h in a] == [h["epoch"] for h in b] == [0, 1, 2]
+    for x, y in zip(a[1:], b[1:]):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-9)
+    for x, y in zip(a, b):
+        for key in ("spearman", "pearson", "mse", "mae"):
+            assert x["dev"][key] == pytest.approx(y["dev"][key], rel=1e-9)
+    ref_metrics, run_metrics = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", run))
+    assert ref_metrics["best_epoch"] == run_metrics["best_epoch"]
+    assert load_file(tmp_path / "ref" / "adapter" / "adapter.safetensors").keys() == \
+        load_file(run / "adapter" / "adapter.safetensors").keys()
+    for k, v in load_file(tmp_path / "ref" / "adapter" / "adapter.safetensors").items():
+        np.testing.assert_array_equal(v, load_file(run / "adapter" / "adapter.safetensors")[k])
+    assert _steps(tmp_path / "ref") == _steps(run)  # the loss log, rewritten from the checkpoint, not doubled
+
+    done = launch("cpu_2proc.yaml", REPO / "launch" / "train.py", *_train_args(odd_pairs, run))  # finished: no-op
+    assert done.returncode == 0 and "already finished" in done.stdout + done.stderr
+    assert _history(run) == b
+    other = ["train", *_train_args(odd_pairs, run, "--lr", "0.002")]  # one process, other settings: refused
+    proc = subprocess.run(toolkit_cmd(*other), env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        f"{run / 'config.json'}: this run was started with other settings: train.lr (then: 0.001, now: 0.002); "
+        "resolved.processes (then: 2, now: 1)")

@@ -119,17 +119,29 @@ def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev):
     assert size["int8"] < size["fp32"] and size["fp16"] < 0.6 * size["fp32"]
 
 
-def test_cross_encoder_exports_from_run_and_from_merged_dir(tmp_path, runs, small_stsb, dev):
+@pytest.fixture(scope="module")
+def cross_exports(tmp_path_factory, runs, small_stsb) -> dict[str, Path]:
+    """The cross-encoder LoRA run merged, and exported from the run and from the merged folder."""
+    root = tmp_path_factory.mktemp("cross_exports")
+    merged = merge_run(runs["cross-lora"], root / "merged")
+    out = {"merged": merged}
+    for src in (runs["cross-lora"], merged):
+        out[f"bundle-{src.name}"] = root / f"bundle-{src.name}"
+        out[f"meta-{src.name}"] = _export(src, out[f"bundle-{src.name}"], small_stsb)
+    return out
+
+
+def test_cross_encoder_exports_from_run_and_from_merged_dir(tmp_path, runs, small_stsb, dev, cross_exports):
     run = load_run(runs["cross-lora"], fused_kernel="off")
     reference = run.predictor(device="cpu").predict(dev.s1, dev.s2)
-    merged = merge_run(runs["cross-lora"], tmp_path / "merged")
+    merged = cross_exports["merged"]
     for src in (runs["cross-lora"], merged):
-        out = tmp_path / f"bundle-{src.name}"
-        meta = _export(src, out, small_stsb)
+        out = cross_exports[f"bundle-{src.name}"]
+        meta = cross_exports[f"meta-{src.name}"]
         assert meta["arch"] == "cross" and meta["output_kind"] == "normalized_score"
         pred = Bundle.load(out, threads=2).predict(dev.s1, dev.s2)
         assert np.max(np.abs(pred - reference)) <= 1e-4
-    assert json.loads((tmp_path / "bundle-merged" / "metadata.json").read_text())["merged_from"]["adapter"] == "lora"
+    assert json.loads((cross_exports["bundle-merged"] / "metadata.json").read_text())["merged_from"]["adapter"] == "lora"
     config, _, _ = load_merged(merged)
     assert config["kind"] == "merged"
 
@@ -200,3 +212,63 @@ def test_tampered_bundles_are_refused_in_one_line(tmp_path, bundle_dir, damage, 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def _portable(obj, forbidden: list[str]) -> list[str]:
+    """Strings in a bundle's metadata that name a place on the machine that built it."""
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _portable(v, forbidden)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _portable(v, forbidden)]
+    return [obj] if isinstance(obj, str) and (obj.startswith("/") or any(f in obj for f in forbidden)) else []
+
+
+def test_every_command_takes_a_run_a_merged_folder_and_a_bundle(tmp_path, runs, small_stsb, cross_exports, capsys):
+    """eval, predict and score on each kind give the run's scores; export takes a run or a merged
+    folder (cross_exports) and refuses a bundle in one line; its bundles carry no path of this machine."""
+    import pyarrow.parquet as pq
+
+    from toolkit.cli import main
+
+    run = runs["cross-lora"]
+    kinds = {"run": run, "merged": cross_exports["merged"], "bundle": cross_exports["bundle-merged"]}
+    dev_pairs, _ = read_pairs(small_stsb["dev"], SourceOptions())
+    want = load_run(run).predictor(device="cpu").predict(dev_pairs.s1, dev_pairs.s2)
+    capsys.readouterr()
+    for kind, path in kinds.items():
+        assert main(["eval", str(path), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / f"{kind}.json")]) == 0
+        metrics = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert metrics["n"] == len(want)
+        assert main(["predict", str(path), dev_pairs.s1[3], dev_pairs.s2[3]]) == 0
+        out = capsys.readouterr()
+        assert float(out.out.strip().splitlines()[-1]) == pytest.approx(want[3], abs=1e-3)
+        if kind == "bundle":  # the provider serving a bundle is said
+            assert "on onnxruntime CPUExecutionProvider, fp32 bundle" in out.err
+        assert main(["score", str(path), str(small_stsb["dev"]), "-o", str(tmp_path / f"{kind}.parquet"),
+                     "--quiet"]) == 0
+        scores = pq.read_table(tmp_path / f"{kind}.parquet").column("score").to_numpy()
+        np.testing.assert_allclose(scores, want, atol=1e-4)
+    for name in ("bundle-cross-lora", "bundle-merged"):
+        metadata = json.loads((cross_exports[name] / "metadata.json").read_text())
+        assert metadata["verification"]["provider"] == "CPUExecutionProvider"
+        assert _portable(metadata, [str(cross_exports[name].parent), str(runs["cross-lora"].parent), os.getcwd(),
+                                    str(Path.home())]) == []
+    capsys.readouterr()
+    assert main(["export", str(kinds["bundle"]), "--onnx", "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"{kinds['bundle']}: is already an ONNX bundle; export takes a run directory or a merged folder"
+
+
+def test_providers_are_chosen_explicitly():
+    """int8 on the CPU provider even where CUDA is there; fp32/fp16 on CUDA where onnxruntime has it;
+    an explicit choice that cannot be honoured is refused in one line."""
+    from toolkit.bundle import CPU, CUDA, choose_providers
+
+    assert choose_providers("int8", "auto", [CUDA, CPU]) == [CPU]
+    assert choose_providers("fp16", "auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers("fp32", "auto", [CPU]) == [CPU]
+    assert choose_providers("fp32", "cpu", [CUDA, CPU]) == [CPU]
+    with pytest.raises(ToolkitError, match="int8 bundles are for CPUs"):
+        choose_providers("int8", "cuda", [CUDA, CPU])
+    with pytest.raises(ToolkitError, match="no CUDA provider"):
+        choose_providers("fp32", "cuda", [CPU])

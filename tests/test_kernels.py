@@ -4,6 +4,7 @@ gradient, shapes that do not fill the blocks, outputs poisoned with NaN before e
 swap into a real model (equal outputs and gradients, saved and loaded in the adapters format)."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -15,15 +16,11 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
 
 from kernels.adapter_bottleneck import ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
 from kernels.adapter_module import FusedBottleneckAdapter, fusable, unfuse_adapters  # noqa: E402
+from kernels.selfcheck import TOLERANCE  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# (dtype, atol, rtol); atol is relative to the largest reference value of the tensor compared.
-TOLERANCE = {
-    torch.float32: (1e-5, 1e-4),
-    # relaxed: bf16 keeps 8 significant bits; every dot input is rounded to bf16 (as eager does) and
-    # y/dx are stored in bf16, so errors of a few bf16 ulps (2^-8 = 4e-3) of the largest value are expected
-    torch.bfloat16: (2e-2, 2e-2),
-}
+# (dtype: atol, rtol); atol is relative to the largest reference value of the tensor compared. The
+# kernel's first-use self-check holds it to the same ones.
 
 
 @pytest.fixture
@@ -189,3 +186,83 @@ def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_s
         pred = run.predictor(device="cpu").predict(dev.s1, dev.s2)
         metrics, _ = evaluate_predictions(pred, dev.scores, ci=False)
         assert metrics["mse"] == pytest.approx(result.summary["dev"]["mse"], abs=1e-5)
+
+
+# -- the first-use self-check --------------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_verdicts(monkeypatch):
+    """Each test starts as a new process would: nothing checked yet."""
+    from kernels import selfcheck
+
+    monkeypatch.setattr(selfcheck, "_verdicts", {})
+    return selfcheck
+
+
+def test_kernel_that_passes_its_self_check_serves(fresh_verdicts):
+    fused, plain = _models("seq_bn")
+    ids = torch.randint(1000, 20000, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused.embed(ids, torch.ones_like(ids))
+    (call, verdict), = fresh_verdicts.verdicts().items()
+    assert verdict.ok and "matches the PyTorch reference" in verdict.reason
+    assert (call.hidden, call.bottleneck, call.activation, call.dtype) == (384, 24, "relu", torch.float32)
+
+
+@pytest.mark.parametrize("breakage", ["drift", "compile"])
+def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdicts, monkeypatch, capfd, breakage):
+    """A kernel that computes the wrong thing, or does not compile: the check catches it at first use,
+    the layers run the library's PyTorch code (same outputs as unfused), one warning line is printed."""
+    import kernels.adapter_bottleneck as ab
+
+    if breakage == "drift":
+        real = ab.adapter_forward
+
+        def wrong(*args, **kwargs):
+            y, z = real(*args, **kwargs)
+            return y + 1e-3 * y.abs().max(), z
+        monkeypatch.setattr(ab, "adapter_forward", wrong)
+    else:
+        class Uncompilable:
+            def __getitem__(self, grid):
+                raise RuntimeError("PassManager::run failed\nmore compiler output")
+        monkeypatch.setattr(ab, "_forward_kernel", Uncompilable())
+    fused, plain = _models("seq_bn")
+    fused.eval(), plain.eval()
+    ids = torch.randint(1000, 20000, (3, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for _ in range(3):
+            a = fused.embed(ids, torch.ones_like(ids))
+        b = plain.embed(ids, torch.ones_like(ids))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # the library's own forward, exactly
+    (verdict,) = fresh_verdicts.verdicts().values()
+    expected = "y drifts from the PyTorch reference" if breakage == "drift" else \
+        "failed to run (RuntimeError: PassManager::run failed)"
+    assert not verdict.ok and expected in verdict.reason
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "fused adapter kernel" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: fused adapter kernel not used for cpu float32 "
+                                                         "H=384 r=24 relu residual")
+
+
+def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, monkeypatch):
+    import kernels.adapter_bottleneck as ab
+    from toolkit.model import ModelConfig
+    from toolkit.sources import SourceOptions
+    from toolkit.train import DataConfig, TrainConfig, train
+
+    real = ab.adapter_backward
+
+    def wrong(*args, **kwargs):  # forward right, gradients wrong: only a check of both catches it
+        dx, *rest = real(*args, **kwargs)
+        return (dx * 1.01, *rest)
+    monkeypatch.setattr(ab, "adapter_backward", wrong)
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
+    result = train(tmp_path / "run", data, ModelConfig(max_length=32, fused_kernel="on", dropout=0.0),
+                   TrainConfig(epochs=1, batch_size=8, metric="mse", patience=None))
+    report = result.summary["fused_kernel"]
+    assert report["requested"] == "on" and report["fused_layers"] == 6
+    assert report["decisions"] and all("PyTorch (dx drifts" in d for d in report["decisions"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fused_kernel"] == report
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "fused kernel: on (Triton interpreter)" in log
+    assert "fused kernel: cpu float32 H=384 r=24 relu residual: PyTorch (dx drifts" in log

@@ -80,3 +80,67 @@ def test_missing_or_broken_config(tmp_path, model_copy):
     (model_copy / "config.json").write_text("{not json")
     with pytest.raises(ToolkitError, match="config.json: not valid JSON"):
         check_model_folder(model_copy)
+
+
+@pytest.mark.parametrize("value,refused", [
+    ({"text_config": "sdpa", "vision_config": "eager"}, False),  # transformers 4.57: one per sub-config
+    ({"text_config": "sdpa", "vision_config": "attacker/evil-kernel"}, True),
+    ({"": {"deeper": "kernels-community/flash"}}, True),
+    (["attacker/evil-kernel"], True),
+    (7, True),
+])
+def test_dict_valued_attention_is_checked_not_crashed_on(model_copy, value, refused):
+    edit_config(model_copy, attn_implementation=value)
+    if refused:
+        with pytest.raises(ToolkitError, match=r"config.json: refusing attn_implementation=.*CVE-2026-4372"):
+            check_model_folder(model_copy)
+    else:
+        check_model_folder(model_copy)
+
+
+def test_attention_keys_inside_lists_of_sub_configs_are_refused(model_copy):
+    edit_config(model_copy, sub_configs=[{"model_type": "bert"}, {"_attn_implementation": "org/kernel"}])
+    with pytest.raises(ToolkitError, match=r"refusing sub_configs\.1\._attn_implementation='org/kernel'"):
+        check_model_folder(model_copy)
+    edit_config(model_copy, sub_configs=[{"auto_map": {"AutoModel": "evil.Model"}}])
+    with pytest.raises(ToolkitError, match=r"sub_configs\.0\.auto_map asks to run custom code"):
+        check_model_folder(model_copy)
+
+
+def test_refusal_messages_stay_on_one_line(model_copy):
+    edit_config(model_copy, **{"attn_implementation": "evil\nkernel\u2028" + "x" * 500})
+    with pytest.raises(ToolkitError) as e:
+        check_model_folder(model_copy)
+    assert "\n" not in str(e.value) and "\u2028" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_a_run_directory_cannot_turn_on_remote_code(tmp_path, small_stsb):
+    """trust_remote_code comes from the caller: a run whose config.json asks for it (a run copied from
+    elsewhere, or trained with the flag) is refused by every command that loads it, unless the caller
+    passes the flag."""
+    import subprocess
+    import sys
+
+    from toolkit.model import ModelConfig
+    from toolkit.run import load_run
+    from toolkit.sources import SourceOptions
+    from toolkit.train import DataConfig, TrainConfig, resume, train
+
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
+    train(tmp_path / "run", data, ModelConfig(max_length=32), TrainConfig(epochs=1, batch_size=8, patience=None,
+                                                                          keep_checkpoint=True))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["trust_remote_code"] is False
+    config["model"]["trust_remote_code"] = True
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    message = r"run/config.json: model.trust_remote_code is set, and a run directory cannot turn on code execution"
+    with pytest.raises(ToolkitError, match=message):
+        load_run(tmp_path / "run")
+    with pytest.raises(ToolkitError, match=message):
+        resume(tmp_path / "run")
+    for args in (["predict", str(tmp_path / "run"), "a b", "c d"],
+                 ["eval", str(tmp_path / "run"), "--data", str(small_stsb["dev"])]):
+        proc = subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "model.trust_remote_code is set" in proc.stderr
+    assert load_run(tmp_path / "run", trust_remote_code=True).model.cfg.trust_remote_code is True

@@ -4,6 +4,7 @@ uninterrupted run, and against the bundle scoring all pairs in one call)."""
 from __future__ import annotations
 
 import json
+import random
 import os
 import signal
 import subprocess
@@ -192,3 +193,96 @@ def test_changed_input_or_model_is_refused_unless_restart(tmp_path, models, pair
     assert ok.returncode == 0, ok.stderr[-2000:]
     ids = [i for p in sorted(out.glob("part-*.parquet")) for i, _ in _read(p)]
     assert ids == [r["pair_id"] for r in pairs["rows"]] + ["p9999"]
+
+
+# -- exactly once under SIGKILL at any step ------------------------------------------------------------------
+# Crash points (toolkit/failpoints.py) where the process kills itself, by phase of the job.
+SCORING_POINTS = ("score.part-written", "score.part-renamed", "score.manifest-updated")
+
+
+def _crash_seed() -> int:
+    """A new plan every run; CRASH_SEED=N replays one."""
+    return int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(2 ** 32))
+
+
+def _kill_chain(cmd: list[str], plan: list[str], seed: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` once per crash point (each run must die there), then once to the end."""
+    for point in plan:
+        proc = subprocess.run(cmd, env={**ENV, "TOOLKIT_CRASH_AT": point}, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == -signal.SIGKILL, \
+            f"CRASH_SEED={seed} plan {plan}: {point} was not reached (exit {proc.returncode}) {proc.stderr[-800:]}"
+    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, f"CRASH_SEED={seed} plan {plan}: {final.stderr[-2000:]}"
+    return final
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.endswith(".parquet")}
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory, pairs) -> Path:
+    """120 pairs: 12 parts of 10."""
+    path = tmp_path_factory.mktemp("crash") / "pairs.csv"
+    path.write_text("\n".join((pairs["dir"] / "pairs.csv").read_text().splitlines()[:121]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("out_name", ["scores.parquet", "scores.csv"])
+def test_sigkill_at_random_steps_then_rerun_gives_the_uninterrupted_output_byte_for_byte(
+        tmp_path, models, small_pairs, out_name):
+    ref = subprocess.run(_cmd(models["bundle"], small_pairs, tmp_path / "ref" / out_name), env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    seed = _crash_seed()
+    rng = random.Random(seed)
+    plan = [f"{rng.choice(SCORING_POINTS)}:{rng.randint(1, 2)}" for _ in range(4)]  # at most 8 of 12 parts
+    plan += [f"score.assemble.part:{rng.randint(1, 12)}", "score.output-renamed:1", "score.manifest-complete:1",
+             f"score.cleanup.part:{rng.randint(1, 12)}"]  # the final assembly, and between manifest and cleanup
+    out = tmp_path / "out" / out_name
+    final = _kill_chain(_cmd(models["bundle"], small_pairs, out), plan, seed)
+    assert out.read_bytes() == (tmp_path / "ref" / out_name).read_bytes(), f"CRASH_SEED={seed} plan {plan}"
+    assert not Path(str(out) + ".parts").exists(), final.stderr  # parts and manifest removed, none left over
+    assert sorted(p.name for p in out.parent.iterdir()) == [out_name]
+
+
+def test_sigkill_at_random_steps_of_a_shard_then_rerun_gives_the_same_shard(tmp_path, models, small_pairs):
+    ref = subprocess.run(_cmd(models["bundle"], small_pairs, f"{tmp_path / 'ref'}/", "--shard", "1/3"), env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    seed = _crash_seed()
+    rng = random.Random(seed)
+    plan = [f"{rng.choice(SCORING_POINTS)}:1" for _ in range(7)] + ["score.manifest-complete:1"]  # 4 parts in all
+    out = tmp_path / "out"
+    _kill_chain(_cmd(models["bundle"], small_pairs, f"{out}/", "--shard", "1/3"), plan, seed)
+    assert _folder_bytes(out) == _folder_bytes(tmp_path / "ref"), f"CRASH_SEED={seed} plan {plan}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+    manifest = json.loads((out / "shard-001-of-003-manifest.json").read_text())
+    assert manifest["complete"] and manifest["parts"] == \
+        json.loads((tmp_path / "ref" / "shard-001-of-003-manifest.json").read_text())["parts"]
+
+
+def test_restart_removes_every_earlier_part_even_when_killed_midway(tmp_path, models, small_pairs):
+    """An earlier sharded attempt with other settings fills the folder; an unsharded --restart is
+    killed while it clears it and while it scores; reruns finish it: only its own parts remain."""
+    ref = subprocess.run(_cmd(models["bundle"], small_pairs, f"{tmp_path / 'ref'}/"), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        old = subprocess.run(_cmd(models["bundle"], small_pairs, f"{out}/", "--shard", shard, "--batch-size", "8"),
+                             env=ENV, capture_output=True, text=True, timeout=600)
+        assert old.returncode == 0, old.stderr[-2000:]
+    assert len(list(out.glob("shard-*-part-*.parquet"))) == 12
+    seed = _crash_seed()
+    rng = random.Random(seed)
+    restart = _cmd(models["bundle"], small_pairs, f"{out}/", "--restart")
+    plan = ["score.manifest-new:1", f"score.part-removed:{rng.randint(1, 11)}"]
+    for point in plan:
+        proc = subprocess.run(restart, env={**ENV, "TOOLKIT_CRASH_AT": point}, capture_output=True, text=True)
+        assert proc.returncode == -signal.SIGKILL, f"CRASH_SEED={seed}: {point} not reached {proc.stderr[-800:]}"
+    scoring = [f"{rng.choice(SCORING_POINTS)}:{rng.randint(1, 3)}" for _ in range(6)]
+    _kill_chain(_cmd(models["bundle"], small_pairs, f"{out}/"), scoring, seed)  # the rerun resumes the restart
+    assert _folder_bytes(out) == _folder_bytes(tmp_path / "ref"), f"CRASH_SEED={seed} plan {plan + scoring}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())

@@ -201,7 +201,7 @@ def test_stsb_layout_score_outside_range(tmp_path):
 def test_invalid_utf8_row(tmp_path):
     path = tmp_path / "x.csv"
     path.write_bytes(b"sentence1,sentence2,score\nok,fine,1\nbad \xff\xfe byte,fine,2\n")
-    assert error_of(path) == f"{path}:3: invalid UTF-8 in sentence1"
+    assert error_of(path) == f"{path}:3: invalid UTF-8 in sentence1: byte 0xff at byte 5 of the field"
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"sentence1": "a", "sentence2": "b", "score": 1}\n'
                      b'{"sentence1": "\xff", "sentence2": "b", "score": 1}\n')

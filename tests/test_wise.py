@@ -237,3 +237,28 @@ def test_genre_shift_splits(tmp_path, stsb_dir):
         assert len(pairs) == len(ood) and len(set(map(genre.get, pairs.groups))) == 1
     counts = collections.Counter(genre[line.split(b"\t")[0].decode()] for line in original["train"])
     assert sum(counts.values()) == 5749
+
+
+def test_ridge_grid_extends_past_its_edge_and_flags_what_stays_there():
+    """A penalty chosen at the end of the grid is not trusted: the grid grows by decades (each fit
+    checked against numpy's solve); a target the features cannot explain stays at the edge, flagged."""
+    from toolkit.probe import RIDGE_PENALTIES, fit_ridge
+
+    rng = np.random.default_rng(0)
+    x, x_dev = rng.normal(size=(60, 40)), rng.normal(size=(60, 40))
+    w_true = rng.normal(size=40) * 0.02  # a weak signal under heavy noise: the best penalty is ~3e3 ...
+    y, y_dev = x @ w_true + rng.normal(size=60), x_dev @ w_true + rng.normal(size=60)
+    assert fit_ridge(x, y, x_dev, y_dev)[2].penalty < max(RIDGE_PENALTIES)
+    x, x_dev = 100 * x, 100 * x_dev  # ... and 1e4 times that on features 100 times larger: beyond the grid
+    w, b, result = fit_ridge(x, y, x_dev, y_dev)
+    assert result.penalty > max(RIDGE_PENALTIES) and not result.at_edge
+    xc = x - x.mean(0)
+    want = np.linalg.solve(xc.T @ xc + result.penalty * np.eye(40), xc.T @ (y - y.mean()))
+    np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-9)
+    noise = rng.normal(size=60)  # nothing to explain: the largest penalty always wins
+    _, _, flat = fit_ridge(x, noise, x_dev, rng.normal(size=60), extend=2)
+    assert flat.at_edge and flat.penalty == max(RIDGE_PENALTIES) * 100
+    assert "edge of the searched range" in flat.describe()
+    _, _, inner = fit_ridge(x, x @ rng.normal(size=40) + 0.01 * rng.normal(size=60), x_dev,
+                            x_dev @ np.zeros(40), extend=0)
+    assert inner.at_edge == (inner.penalty in (min(RIDGE_PENALTIES), max(RIDGE_PENALTIES)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,13 +57,23 @@ class PairTokenizer:
             mask[row, :n] = 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
-    def collate(self, examples: Sequence[tuple[tuple[Encoded, ...], float]]) -> dict[str, torch.Tensor]:
-        """A training batch; bi-encoder batches stack all first sentences, then all second ones."""
-        texts = [e for enc, _ in examples for e in enc] if self.arch == "cross" else \
-            [enc[0] for enc, _ in examples] + [enc[1] for enc, _ in examples]
+    def collate(self, examples: Sequence[tuple[tuple[Encoded, ...], float, float, int]]) -> dict[str, torch.Tensor]:
+        """A training batch; bi-encoder batches stack all first sentences, then all second ones.
+        ``weights`` and ``index`` say what each row counts for (see ``LengthGroupedBatchSampler``)."""
+        texts = [e for enc, *_ in examples for e in enc] if self.arch == "cross" else \
+            [enc[0] for enc, *_ in examples] + [enc[1] for enc, *_ in examples]
         batch = self.pad(texts)
-        batch["labels"] = torch.tensor([y for _, y in examples], dtype=torch.float32)
+        batch["labels"] = torch.tensor([y for _, y, _, _ in examples], dtype=torch.float32)
+        batch["weights"] = torch.tensor([w for _, _, w, _ in examples], dtype=torch.float64)
+        batch["index"] = torch.tensor([i for _, _, _, i in examples], dtype=torch.long)
         return batch
+
+
+class Draw(NamedTuple):
+    """One slot of a global batch: a training pair and its weight in its optimiser step's loss."""
+
+    index: int
+    weight: float  # 1 / (pairs in the optimiser step); 0 for a slot that only fills the batch
 
 
 class PairDataset(Dataset):
@@ -74,28 +84,37 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __getitem__(self, i: int):
-        return self.encoded[i], float(self.targets[i])
+    def __getitem__(self, draw: Draw):
+        return self.encoded[draw.index], float(self.targets[draw.index]), draw.weight, draw.index
 
     def lengths(self) -> list[int]:
         return [max(len(e) for e in enc) for enc in self.encoded]
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar length, so dynamic padding pads little.
+class LengthGroupedBatchSampler(Sampler[list[Draw]]):
+    """Shuffled global batches of similar length (little padding), each pair drawn once an epoch.
 
     As in transformers' LengthGroupedSampler: shuffle, cut into mega-batches of ``mega`` batches,
     sort each by length, cut into batches; then shuffle the batch order. Order depends only on
     (seed, epoch), so a resumed or distributed run sees the same batches.
+
+    Every batch has exactly ``batch_size`` slots: a short one (wherever the shuffle puts it) is
+    filled with repeats of its own pairs at weight 0. accelerate shards a batch sampler by handing
+    each process a slice of every *full* batch; a short batch in mid-epoch would be dropped and a
+    short last one padded with repeats that count. A pair's weight is 1 / (pairs in its optimiser
+    step: ``accumulation`` consecutive batches, the epoch's last step possibly fewer), so the
+    weighted loss sum, times processes x accumulation (undoing DDP's and accelerate's averaging), is
+    the mean over the step's pairs: the same step for any number of processes.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 mega: int = 50):
+                 mega: int = 50, accumulation: int = 1):
         self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # read by accelerate's sharding
         self.seed = seed
         self.group_by_length = group_by_length
         self.mega = mega
+        self.accumulation = accumulation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -104,7 +123,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches of pair indices, without the filling."""
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(len(self.lengths))
         if self.group_by_length:
@@ -114,5 +134,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         batches = [perm[i:i + self.batch_size].tolist() for i in range(0, len(perm), self.batch_size)]
         if self.group_by_length:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        return iter(batches)
+        return batches
 
+    def __iter__(self) -> Iterator[list[Draw]]:
+        batches = self.batches()
+        for start in range(0, len(batches), self.accumulation):
+            step = batches[start:start + self.accumulation]
+            weight = 1.0 / sum(len(b) for b in step)
+            for batch in step:
+                fill = [batch[k % len(batch)] for k in range(self.batch_size - len(batch))]
+                yield [Draw(i, weight) for i in batch] + [Draw(i, 0.0) for i in fill]

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 
 FORMAT = "toolkit-onnx-bundle"
 METADATA = "metadata.json"
@@ -30,6 +30,27 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+PROVIDERS = ("auto", "cpu", "cuda")
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def choose_providers(variant: str, provider: str, available: Sequence[str]) -> list[str]:
+    """ONNX Runtime providers, chosen explicitly. int8 bundles run on the CPU provider (their
+    dynamically quantised MatMuls are CPU kernels: on CUDA they would run node by node on the CPU);
+    fp32 and fp16 bundles on CUDA when asked, or (``auto``) when this onnxruntime has CUDA."""
+    if provider not in PROVIDERS:
+        raise ToolkitError(f"--provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    if provider == "cpu":
+        return [CPU]
+    if provider == "cuda":
+        if variant == "int8":
+            raise ToolkitError("int8 bundles are for CPUs (--provider cpu); export with --fp16 for GPUs")
+        if CUDA not in available:
+            raise ToolkitError("--provider cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        return [CUDA, CPU]
+    return [CUDA, CPU] if variant != "int8" and CUDA in available else [CPU]
 
 
 class Bundle:
@@ -47,8 +68,7 @@ class Bundle:
         self.batch_size = 64
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, threads: Optional[int] = None,
-             providers: Optional[Sequence[str]] = None) -> "Bundle":
+    def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto") -> "Bundle":
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -80,12 +100,11 @@ class Bundle:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        available = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+        chosen = choose_providers(str(metadata.get("variant")), provider, ort.get_available_providers())
         try:
-            session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen or ["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen)
         except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
-            raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+            raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({first_line(e)})") from None
         got_inputs = [i.name for i in session.get_inputs()]
         if sorted(got_inputs) != sorted(metadata["inputs"]):
             raise ToolkitError(f"{folder / MODEL}: graph inputs {got_inputs} are not the bundle's {metadata['inputs']}")
@@ -97,6 +116,14 @@ class Bundle:
         tokenizer.enable_truncation(int(metadata["max_length"]))
         tokenizer.no_padding()
         return cls(folder, metadata, session, tokenizer)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider serving this bundle (ONNX Runtime's name)."""
+        return self.session.get_providers()[0]
+
+    def describe(self) -> str:
+        return f"onnxruntime {self.provider}, {self.metadata.get('variant')} bundle"
 
     # -- the Run-like interface eval and predict use ----------------------------------------------------
     @property

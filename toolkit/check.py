@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import escape, show_path
 from .sources import PairSource, SourceOptions
 
 
@@ -33,7 +34,7 @@ class CheckResult:
         out = list(self.problems)
         if self.problem_count > len(self.problems):
             out.append(f"... and {self.problem_count - len(self.problems)} more problems")
-        out.append(f"{self.path}: {self.layout}; {self.rows} rows, {self.good} good, "
+        out.append(f"{show_path(self.path)}: {self.layout}; {self.rows} rows, {self.good} good, "
                    f"{self.problem_count} with problems")
         if self.score_stats:
             s = self.score_stats
@@ -41,7 +42,7 @@ class CheckResult:
             out.append(f"  scores: min {s['min']:g}, max {s['max']:g}, mean {s['mean']:.3f}, "
                        f"std {s['std']:.3f}{declared}")
         if self.groups:
-            out.append("  groups: " + ", ".join(f"{g} {n}" for g, n in sorted(self.groups.items())))
+            out.append("  groups: " + ", ".join(f"{escape(g)} {n}" for g, n in sorted(self.groups.items())))
         if self.duplicate_ids:
             out.append(f"  warning: {self.duplicate_ids} duplicate ids")
         return out

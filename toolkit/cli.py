@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import DataConfig, TrainConfig, resume, train
 
     if args.resume:
-        resume(args.resume)
+        resume(args.resume, trust_remote_code=args.trust_remote_code)
         return 0
     if not args.out:
         raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
@@ -86,9 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, group_by_length=not args.no_group_by_length,
                       patience=args.patience if args.patience > 0 else None, metric=args.metric,
                       normalize=args.normalize, save_steps=args.save_steps, keep_checkpoint=args.keep_checkpoint,
-                      eval_batch_size=args.eval_batch_size, head_init=args.head_init)
+                      eval_batch_size=args.eval_batch_size, head_init=args.head_init, log_steps=args.log_steps)
     data = DataConfig(train_path, dev_path, source_options(args), dev_table=args.dev_table, dev_query=args.dev_query)
-    train(args.out, data, model_cfg, cfg, overwrite=args.overwrite)
+    train(args.out, data, model_cfg, cfg, overwrite=args.overwrite, resume_if_exists=args.resume_if_exists)
     return 0
 
 
@@ -100,24 +100,21 @@ def _data_path(text: str, split: str = "test") -> str:
     return text
 
 
-def _open_scorer(path: str, trust_remote_code: bool = False):
-    """A run directory (PyTorch) or an exported bundle (ONNX Runtime only: torch is not imported)."""
-    from pathlib import Path
+def _open_model(args: argparse.Namespace):
+    """A run, a merged folder or an ONNX bundle (a bundle without importing torch); says what serves it."""
+    from .load import load_model
 
-    from .bundle import METADATA, Bundle
-
-    if (Path(path) / METADATA).is_file():
-        return Bundle.load(path)
-    from .run import load_run
-
-    return load_run(path, trust_remote_code=trust_remote_code)
+    model = load_model(args.run, trust_remote_code=args.trust_remote_code, provider=args.provider)
+    if hasattr(model, "describe"):
+        print(f"model: {args.run} on {model.describe()}", file=sys.stderr)
+    return model
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_file
     from .metrics import format_metrics
 
-    run = _open_scorer(args.run, args.trust_remote_code)
+    run = _open_model(args)
     metrics, warnings, skipped = evaluate_file(run, _data_path(args.data), source_options(args),
                                                batch_size=args.batch_size, json_path=args.json, plot_path=args.plot)
     if skipped:
@@ -133,7 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.sentence1.strip() or not args.sentence2.strip():
         raise ToolkitError("predict: both sentences must be non-empty")
-    run = _open_scorer(args.run, args.trust_remote_code)
+    run = _open_model(args)
     score = run.predictor().predict([args.sentence1], [args.sentence2])[0]
     print(f"{score:.4f}")
     return 0
@@ -154,7 +151,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     cfg = ScoreConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, threads=args.threads,
                       shard=args.shard, restart=args.restart, keep_cols=tuple(args.keep_cols or ()),
-                      progress=not args.quiet)
+                      progress=not args.quiet, provider=args.provider)
     if args.engine == "ray":
         from .score_ray import RayConfig, score_ray
 
@@ -164,6 +161,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         summary = score_file(args.model, args.input, args.output, source_options(args), cfg)
     for line in summary.skipped_report:
         print(f"skipped: {line}", file=sys.stderr)
+    if summary.backend:
+        print(f"model: {args.model} on {summary.backend}", file=sys.stderr)
     print(f"scored {summary.written} pairs into {summary.output} ({summary.rows} rows read, {summary.bad} bad "
           f"skipped{f', {summary.resumed_parts} parts resumed' if summary.resumed_parts else ''}) "
           f"in {summary.seconds:.1f}s, {summary.rate:.0f} pairs/s", file=sys.stderr)
@@ -184,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.onnx:
         raise ToolkitError("export: name the format: --onnx (the only one so far)")
     cfg = ExportConfig(fp16=args.fp16, quantize=args.quantize, opset=args.opset, verify_data=args.verify_data,
-                       verify_pairs=args.verify_pairs, threads=args.threads)
+                       verify_pairs=args.verify_pairs, threads=args.threads, provider=args.provider)
     export_onnx(args.run, args.out, cfg, overwrite=args.overwrite,
                 log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0
@@ -250,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a predicted-vs-gold PNG here")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--trust-remote-code", action="store_true")
+    add_provider_arg(p)
     add_source_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-data", help="pair file for the verification gate (default: the run's dev file)")
     p.add_argument("--verify-pairs", type=int, default=256, help="pairs compared for fp32 (default: %(default)s)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the verification")
+    add_provider_arg(p, "the verification gate runs on the provider that will serve the bundle: ")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--engine ray: per actor, default 1)")
     p.add_argument("--restart", action="store_true", help="discard an earlier attempt's parts and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_provider_arg(p)
     add_source_args(p)
     p.set_defaults(func=cmd_score)
 
@@ -327,8 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sentence1")
     p.add_argument("sentence2")
     p.add_argument("--trust-remote-code", action="store_true")
+    add_provider_arg(p)
     p.set_defaults(func=cmd_predict)
     return parser
+
+
+def add_provider_arg(p: argparse.ArgumentParser, lead: str = "") -> None:
+    p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda"),
+                   help=f"{lead}ONNX Runtime provider for a bundle: auto = CPU for int8, CUDA for fp32/fp16 where "
+                   "onnxruntime has it (default: %(default)s)")
 
 
 def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None:
@@ -343,6 +352,9 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with the settings it "
                    "was started with (other flags are not used)")
+    g.add_argument("--resume-if-exists", action="store_true",
+                   help="if --out already holds this run (same settings), continue it from its last checkpoint, "
+                   "or do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="all-MiniLM-L6-v2",
                    help="short name or local model folder (default: %(default)s)")
@@ -379,6 +391,8 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--save-steps", type=int, default=0,
                    help="also checkpoint every N optimiser steps for --resume (default: at epoch ends only)")
     g.add_argument("--keep-checkpoint", action="store_true", help="keep the resumable checkpoint after the run")
+    g.add_argument("--log-steps", type=int, default=10,
+                   help="log the training loss (mean over processes) every N optimiser steps (default: %(default)s)")
     g.add_argument("--head-init", default="random", choices=("random", "lp"),
                    help="cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); "
                    "`toolkit wise` needs it (default: %(default)s)")

@@ -26,14 +26,12 @@ import torch
 from torch import nn
 
 from . import __version__
-from .batching import PairTokenizer
 from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json
 from .labels import LabelScale
-from .merge import is_merged, load_merged
+from .merge import is_merged, load_merged_run
 from .metrics import evaluate_predictions
-from .predict import Predictor
 from .run import CONFIG, METRICS, load_run
 from .sources import PairSource, SourceOptions
 
@@ -48,6 +46,7 @@ class ExportConfig:
     max_abs_diff: float = 1e-4  # fp32 gate, on the score scale
     max_spearman_drop: float = 0.3  # fp16/int8 gate, Spearman points on the dev file
     threads: Optional[int] = None
+    provider: str = "auto"  # the gate runs where the bundle will serve (bundle.choose_providers)
 
     @property
     def variant(self) -> str:
@@ -94,14 +93,14 @@ class Source:
 
 def open_source(folder: str | Path) -> Source:
     folder = Path(folder)
+    if (folder / METADATA).is_file():
+        raise ToolkitError(f"{folder}: is already an ONNX bundle; export takes a run directory or a merged folder")
     if not (folder / CONFIG).is_file():
         raise ToolkitError(f"{folder}: neither a run directory nor a merged model (no {CONFIG})")
     if is_merged(folder):
-        config, scorer, tokenizer = load_merged(folder)
-        labels = LabelScale.from_dict(config["labels"])
-        tokens = PairTokenizer(tokenizer, config["model"]["arch"], config["model"]["max_length"])
-        predictor = Predictor(scorer, tokens, labels, batch_size=64, device="cpu")
-        return Source(folder, config, GraphModule(scorer), tokenizer, labels, predictor.predict, scorer.plain.config)
+        merged = load_merged_run(folder)
+        return Source(folder, merged.config, GraphModule(merged.scorer), merged.tokens.tokenizer, merged.labels,
+                      merged.predictor(batch_size=64, device="cpu").predict, merged.scorer.plain.config)
     run = load_run(folder, fused_kernel="off")  # the graph holds plain ops, never a Triton kernel
     model = run.model.eval()
     config = dict(run.config)
@@ -179,7 +178,7 @@ def _gate(source: Source, bundle: Bundle, cfg: ExportConfig) -> dict:
         idx = np.random.default_rng(0).permutation(len(pairs))[:cfg.verify_pairs]
         s1, s2 = [pairs.s1[i] for i in idx], [pairs.s2[i] for i in idx]
         diff = float(np.max(np.abs(bundle.predict(s1, s2) - source.torch_predict(s1, s2))))
-        figures = {"variant": "fp32", "data": str(path), "pairs": len(idx), "max_abs_diff": diff,
+        figures = {"variant": "fp32", "data": Path(path).name, "pairs": len(idx), "max_abs_diff": diff,
                    "limit": cfg.max_abs_diff}
         if not diff <= cfg.max_abs_diff:
             raise ToolkitError(f"export refused: ONNX Runtime differs from PyTorch by up to {diff:.2e} on the score "
@@ -190,7 +189,7 @@ def _gate(source: Source, bundle: Bundle, cfg: ExportConfig) -> dict:
     m_ours, _ = evaluate_predictions(ours, pairs.scores, ci=False)
     m_ref, _ = evaluate_predictions(ref, pairs.scores, ci=False)
     drop = 100 * (m_ref["spearman"] - m_ours["spearman"])
-    figures = {"variant": cfg.variant, "data": str(path), "pairs": len(pairs),
+    figures = {"variant": cfg.variant, "data": Path(path).name, "pairs": len(pairs),
                "spearman_pytorch": 100 * m_ref["spearman"], "spearman_onnx": 100 * m_ours["spearman"],
                "spearman_drop": drop, "max_abs_diff": float(np.max(np.abs(ours - ref))),
                "limit_spearman_drop": cfg.max_spearman_drop}
@@ -223,21 +222,32 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             "output_kind": "embedding" if source.arch == "bi" else "normalized_score",
             "max_length": source.config["model"]["max_length"], "pad_id": source.tokenizer.pad_token_id,
             "labels": source.labels.to_dict(), "score_range": source.config.get("resolved", {}).get("score_range"),
-            "base_model": {k: source.config["base_model"][k] for k in ("name", "weights_sha256")},
+            "base_model": {"name": _portable(source.config["base_model"]["name"]),
+                           "weights_sha256": source.config["base_model"]["weights_sha256"]},
             "adapter": {k: source.config["model"].get(k) for k in ("adapter", "reduction_factor", "lora_r",
                                                                    "lora_alpha")},
-            "merged_from": source.config.get("merged_from"), "parameters": _parameters(source),
+            "merged_from": _merged_from(source.config.get("merged_from")), "parameters": _parameters(source),
             "training_metrics": source.config.get("metrics"), "fused_operators": fused,
             "files": {name: sha256_file(tmp / name) for name in (MODEL, TOKENIZER)},
         }
         write_json(tmp / METADATA, metadata)
-        bundle = Bundle.load(tmp, threads=cfg.threads)
-        figures = _gate(source, bundle, cfg)
+        bundle = Bundle.load(tmp, threads=cfg.threads, provider=cfg.provider)
+        figures = {**_gate(source, bundle, cfg), "provider": bundle.provider}
         metadata["verification"] = figures
         write_json(tmp / METADATA, metadata)
         log("verified: " + json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}))
     log(f"bundle written to {out} ({time.time() - start:.0f}s)")
     return metadata
+
+
+def _portable(name: str) -> str:
+    """A model's name as another machine can read it: a short name as is, a local folder by its
+    last component (a bundle carries no paths of the machine that built it)."""
+    return Path(name).name if ("/" in name or "\\" in name) else name
+
+
+def _merged_from(merged: Optional[dict]) -> Optional[dict]:
+    return None if merged is None else {**merged, "run": _portable(str(merged.get("run", "")))}
 
 
 def _parameters(source: Source) -> dict:

@@ -1,4 +1,8 @@
-"""Atomic writes: a reader (or a crash) never sees a half-written output."""
+"""Atomic, durable writes: a reader (or a crash, or a power cut) never sees a half-written output.
+
+Each output is written to a temporary name beside it, flushed to disk (fsync), renamed over the
+final name, and the folder itself is fsync'd so that the rename survives a power cut too.
+"""
 from __future__ import annotations
 
 import json
@@ -16,6 +20,35 @@ def _umask() -> int:
     return mask
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make renames and removals in ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -26,7 +59,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield Path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -54,6 +89,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        fsync_tree(tmp)
         old = None
         if path.exists():
             # rename() cannot replace a non-empty folder: move the old one aside first.
@@ -62,6 +98,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(old)
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old)
     finally:

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line, show, show_path
 
 BUILTIN_ATTENTION = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
 ATTENTION_KEYS = ("_attn_implementation_internal", "_attn_implementation", "attn_implementation")
@@ -46,11 +46,37 @@ def resolve_model(name_or_path: str) -> tuple[str, Path]:
     return str(folder.resolve()), folder.resolve()
 
 
-def _walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+def _walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) of every entry, through nested objects and lists of them
+    (sub-configs such as ``text_config``, or lists of configs)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield f"{path}{k}", v
+            yield f"{path}{k}", str(k), v
             yield from _walk(v, f"{path}{k}.")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}{i}.")
+
+
+def _builtin_attention(value: Any) -> bool:
+    """None, a built-in implementation's name, or (transformers 4.57) a dict of them per sub-config."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value in BUILTIN_ATTENTION
+    if isinstance(value, dict):
+        return all(_builtin_attention(v) for v in value.values())
+    return False
+
+
+def caller_trust(config_file: Path, model_section: dict, caller: bool) -> bool:
+    """``trust_remote_code`` comes from the caller (flag or argument) only: a run directory, perhaps
+    copied from elsewhere, whose own config asks for it is refused unless the caller allows it."""
+    if model_section.get("trust_remote_code") and not caller:
+        raise ToolkitError(f"{show_path(config_file)}: model.trust_remote_code is set, and a run directory cannot "
+                           "turn on code execution by itself; pass --trust-remote-code if you trust where it "
+                           "came from")
+    return caller
 
 
 def check_model_folder(folder: Path, trust_remote_code: bool = False) -> dict:
@@ -64,11 +90,11 @@ def check_model_folder(folder: Path, trust_remote_code: bool = False) -> dict:
         raise ToolkitError(f"{config_file}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ToolkitError(f"{config_file}: expected a JSON object")
-    for key, value in _walk(config):
-        if key.rsplit(".", 1)[-1] in ATTENTION_KEYS and value is not None and value not in BUILTIN_ATTENTION:
+    for path, key, value in _walk(config):
+        if key in ATTENTION_KEYS and not _builtin_attention(value):
             raise ToolkitError(
-                f"{config_file}: refusing {key}={value!r}: not a built-in attention implementation "
-                "(a hub kernel reference would download and run code, CVE-2026-4372)")
+                f"{show_path(config_file)}: refusing {show_path(path)}={show(value)}: not a built-in attention "
+                "implementation (a hub kernel reference would download and run code, CVE-2026-4372)")
     if not trust_remote_code:
         for name in ("config.json", "tokenizer_config.json"):
             path = folder / name
@@ -78,11 +104,11 @@ def check_model_folder(folder: Path, trust_remote_code: bool = False) -> dict:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ToolkitError(f"{path}: not valid JSON ({e})") from None
-            for key, _ in _walk(data):
-                if key.rsplit(".", 1)[-1] in CODE_KEYS:
+            for key_path, key, _ in _walk(data):
+                if key in CODE_KEYS:
                     raise ToolkitError(
-                        f"{path}: {key} asks to run custom code from the model folder; refused "
-                        "(pass --trust-remote-code only if you trust its author)")
+                        f"{show_path(path)}: {show_path(key_path)} asks to run custom code from the model folder; "
+                        "refused (pass --trust-remote-code only if you trust its author)")
     if not weight_files(folder):
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
         extra = f" (found {', '.join(found)}: pickled weights are never loaded)" if found else ""
@@ -122,7 +148,7 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ToolkitError(f"{folder}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
+        raise ToolkitError(f"{folder}: cannot load the tokenizer ({first_line(e)})") from None
     if not tok.is_fast:
         raise ToolkitError(f"{folder}: only fast (Rust) tokenizers are supported")
     return tok
@@ -138,4 +164,4 @@ def load_adapter_model(folder: Path, trust_remote_code: bool = False):
         return AutoAdapterModel.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        raise ToolkitError(f"{folder}: cannot load the model ({str(e).splitlines()[0]})") from None
+        raise ToolkitError(f"{folder}: cannot load the model ({first_line(e)})") from None

@@ -61,27 +61,43 @@ class ModelConfig:
             raise ToolkitError("--fused-kernel must be auto, on or off")
 
 
-def use_fused_kernel(mode: str) -> bool:
-    """``auto``: where the kernel runs natively (CUDA and Triton). ``on`` also accepts the Triton
+def fused_kernel_choice(mode: str) -> tuple[bool, str]:
+    """(fuse?, why). ``auto``: where the kernel runs natively (CUDA and Triton); each kind of call
+    then passes a self-check first (kernels/selfcheck.py). ``on`` also accepts the Triton
     interpreter on the CPU (TRITON_INTERPRET=1: slow, for tests)."""
     if mode == "off":
-        return False
+        return False, "off (--fused-kernel off)"
     try:
         import triton  # noqa: F401
     except ImportError:
         if mode == "on":
             raise ToolkitError("--fused-kernel on needs Triton (it comes with CUDA builds of torch)") from None
-        return False
+        return False, "off (Triton is not installed)"
     if torch.cuda.is_available():
-        return True
+        return True, f"on ({mode}: CUDA and Triton), each kind of call self-checked at first use"
     if mode == "on":
         from kernels.adapter_bottleneck import interpreting
 
         if not interpreting():
             raise ToolkitError("--fused-kernel on needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernel "
                                "on the CPU, slowly, for testing)")
-        return True
-    return False
+        return True, "on (Triton interpreter), each kind of call self-checked at first use"
+    return False, "off (auto: no CUDA device)"
+
+
+def kernel_report(model: "PairRegressor") -> dict:
+    """Which path the bottleneck layers take, and why: for the run's log and metrics.json."""
+    fused = 0
+    decisions: list[str] = []
+    if model.kernel_choice[0]:
+        from kernels.adapter_module import FusedBottleneckAdapter
+        from kernels.selfcheck import verdicts
+
+        fused = sum(isinstance(m, FusedBottleneckAdapter) for m in model.modules())
+        decisions = [f"{call.describe()}: {'fused kernel' if v.ok else 'PyTorch'} ({v.reason})"
+                     for call, v in verdicts().items()]
+    return {"requested": model.cfg.fused_kernel, "choice": model.kernel_choice[1], "fused_layers": fused,
+            "decisions": decisions}
 
 
 def adapter_config(cfg: ModelConfig):
@@ -119,6 +135,7 @@ class PairRegressor(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
+        self.kernel_choice: tuple[bool, str] = (False, "off")
 
     @classmethod
     def create(cls, cfg: ModelConfig, base_folder: Path, weights: Optional[Path] = None) -> "PairRegressor":
@@ -153,13 +170,17 @@ class PairRegressor(nn.Module):
                     module.p = cfg.dropout
                 if isinstance(getattr(module, "dropout_prob", None), float):  # SDPA attention keeps a float
                     module.dropout_prob = cfg.dropout
-        if use_fused_kernel(cfg.fused_kernel):
+        choice = fused_kernel_choice(cfg.fused_kernel)
+        if choice[0]:
             from kernels.adapter_module import fuse_adapters
 
-            if fuse_adapters(encoder) == 0 and cfg.fused_kernel == "on":
-                raise ToolkitError(f"--fused-kernel on: adapter {cfg.adapter} has no bottleneck layers the kernel "
-                                   "fuses (seq_bn and double_seq_bn do)")
+            if fuse_adapters(encoder) == 0:
+                if cfg.fused_kernel == "on":
+                    raise ToolkitError(f"--fused-kernel on: adapter {cfg.adapter} has no bottleneck layers the "
+                                       "kernel fuses (seq_bn and double_seq_bn do)")
+                choice = (False, f"off (adapter {cfg.adapter} has no bottleneck layers the kernel fuses)")
         model = cls(encoder, cfg)
+        model.kernel_choice = choice
         model.eval()
         return model
 

@@ -21,6 +21,7 @@ from .model import NAME, PairRegressor
 from .predict import Predictor
 
 RIDGE_PENALTIES = tuple(float(x) for x in np.logspace(-2, 4, 13))
+EXTEND_DECADES = 6
 
 
 @dataclass
@@ -28,17 +29,20 @@ class ProbeResult:
     penalty: float
     train_mse: float
     dev_mse: float
+    at_edge: bool = False  # the best penalty is the grid's last even after extending it
 
     def describe(self) -> str:
+        edge = ("; warning: the penalty is at the edge of the searched range, the probe may be poor"
+                if self.at_edge else "")
         return (f"linear probe (ridge, penalty {self.penalty:g} chosen on dev): normalised MSE train "
-                f"{self.train_mse:.4f}, dev {self.dev_mse:.4f}")
+                f"{self.train_mse:.4f}, dev {self.dev_mse:.4f}{edge}")
 
 
 def _head(model: PairRegressor) -> torch.nn.Module:
     head = model.encoder.heads[NAME]
     linears = [m for m in head if isinstance(m, torch.nn.Linear)]
     if len(linears) != 2:
-        raise ToolkitError(f"--head-init lp needs the two-layer head (--head-layers 2), not {len(linears)} layers")
+        raise ToolkitError(f"--head-init lp needs the two-layer (Linear, tanh, Linear) head, not {len(linears)} layers")
     return head
 
 
@@ -76,21 +80,38 @@ def head_features(model: PairRegressor, tokens: PairTokenizer, s1: Sequence[str]
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarray,
-              penalties: Sequence[float] = RIDGE_PENALTIES) -> tuple[np.ndarray, float, ProbeResult]:
+              penalties: Sequence[float] = RIDGE_PENALTIES,
+              extend: int = EXTEND_DECADES) -> tuple[np.ndarray, float, ProbeResult]:
     """Ridge regression (unpenalised intercept) for each penalty via one SVD; the penalty with the
-    lowest dev MSE wins. numpy rather than scikit-learn: one SVD is all it takes, no new dependency."""
+    lowest dev MSE wins. A winner at either end of the grid extends the grid by a decade in that
+    direction (``extend`` times at most); one still at the end is flagged ``at_edge``. numpy rather
+    than scikit-learn: one SVD is all it takes, no new dependency."""
     mean_x, mean_y = x.mean(0), y.mean()
     u, s, vt = np.linalg.svd(x - mean_x, full_matrices=False)
     uty = u.T @ (y - mean_y)
-    best = None
-    for penalty in penalties:
+
+    def fit(penalty: float) -> tuple[np.ndarray, float, ProbeResult]:
         w = vt.T @ (s / (s ** 2 + penalty) * uty)
         b = mean_y - mean_x @ w
         dev_mse = float(np.mean((x_dev @ w + b - y_dev) ** 2))
-        if best is None or dev_mse < best[2].dev_mse:
-            train_mse = float(np.mean((x @ w + b - y) ** 2))
-            best = (w, float(b), ProbeResult(float(penalty), train_mse, dev_mse))
-    return best
+        return w, float(b), ProbeResult(float(penalty), float(np.mean((x @ w + b - y) ** 2)), dev_mse)
+
+    grid = sorted(penalties)
+    fits = {p: fit(p) for p in grid}
+    for _ in range(extend):
+        best = min(fits, key=lambda p: fits[p][2].dev_mse)
+        if best not in (grid[0], grid[-1]):
+            break
+        if best == grid[0]:
+            grid.insert(0, grid[0] / 10)
+            fits[grid[0]] = fit(grid[0])
+        else:
+            grid.append(grid[-1] * 10)
+            fits[grid[-1]] = fit(grid[-1])
+    best = min(fits, key=lambda p: fits[p][2].dev_mse)
+    w, b, result = fits[best]
+    result.at_edge = best in (grid[0], grid[-1])
+    return w, b, result
 
 
 def fit_linear_probe(model: PairRegressor, tokens: PairTokenizer, train_s: tuple[Sequence[str], Sequence[str]],

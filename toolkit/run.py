@@ -22,7 +22,7 @@ from .batching import PairTokenizer
 from .errors import ToolkitError
 from .io_utils import read_json, write_json
 from .labels import LabelScale
-from .loading import load_tokenizer, resolve_model, weights_sha256
+from .loading import caller_trust, load_tokenizer, resolve_model, weights_sha256
 from .model import ModelConfig, PairRegressor
 from .predict import Predictor
 
@@ -66,7 +66,8 @@ class Run:
 
 
 def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto") -> Run:
-    """``fused_kernel`` is chosen where the run is used, not where it was trained: the weights are the same."""
+    """``fused_kernel`` is chosen where the run is used, not where it was trained: the weights are the
+    same. ``trust_remote_code`` too: the run's own config can never turn it on."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise ToolkitError(f"{folder}: not a run directory (no {CONFIG}); train one with `toolkit train`")
@@ -77,7 +78,7 @@ def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: 
         base = config["base_model"]
     except (KeyError, TypeError) as e:
         raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
-    model_cfg.trust_remote_code = model_cfg.trust_remote_code or trust_remote_code
+    model_cfg.trust_remote_code = caller_trust(folder / CONFIG, config["model"], trust_remote_code)
     model_cfg.fused_kernel = fused_kernel
     _, base_folder = resolve_model(base["name"])
     digest = weights_sha256(base_folder)

@@ -1,13 +1,17 @@
-"""``toolkit score``: stream a pair file through a bundle (ONNX Runtime) or a run (PyTorch), exactly once.
+"""``toolkit score``: stream a pair file through a bundle (ONNX Runtime) or a run or merged folder
+(PyTorch), exactly once.
 
 Work is cut into parts of ``chunk_size`` input records, deterministic for a given file and chunk
-size. Each part's scores are written to ``PARTS/part-NNNNN.parquet`` atomically (temp file, rename)
-and only then recorded in ``PARTS/manifest.json`` (also rewritten atomically). A run killed at any
-moment leaves complete parts; started again with the same command it skips the recorded parts and
-recomputes the rest, so every row is written once. The manifest also fingerprints the model, the
-input and the settings: a resume against anything else is refused unless ``restart``.
-Output to a file: the parts are finally streamed, in order, into it (again temp file + rename) and
-the parts folder removed. Output to a folder: the parts and manifest are the output.
+size. Each part's scores are written to ``PARTS/part-NNNNN.parquet`` atomically and durably (temp
+file, fsync, rename, fsync of the folder) and only then recorded in ``PARTS/manifest.json`` (written
+the same way). A run killed at any moment leaves complete parts; started again with the same command
+it skips the recorded parts and recomputes the rest, so every row is written once. The manifest also
+fingerprints the model, the input and every setting that changes the output: a resume against
+anything else is refused, naming what changed, unless ``restart``.
+Output to a file: once the parts hold every good row of the input, they are streamed, in order, into
+it (temp file, fsync, rename); the manifest then records the output as complete, and only after that
+are the parts and the manifest removed. Output to a folder: the parts and manifest are the output.
+The crash points (``failpoints.crash_point``) mark the steps between which a test kills the process.
 
 While one part is scored on the main thread, a reader thread reads, validates and tokenises the
 next (ONNX Runtime and the Rust tokenizer both release the GIL), so memory stays bounded by a
@@ -34,8 +38,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import __version__
-from .errors import ToolkitError
-from .io_utils import atomic_path, read_json, write_json
+from .compare import differences, summarize
+from .errors import ToolkitError, first_line
+from .failpoints import crash_point
+from .io_utils import atomic_path, fsync_dir, read_json, write_json
 from .sources import PairChunk, PairSource, SourceOptions
 
 MANIFEST = "manifest.json"
@@ -51,6 +57,7 @@ class ScoreConfig:
     restart: bool = False
     keep_cols: tuple[str, ...] = ()
     progress: bool = True
+    provider: str = "auto"  # bundles: ONNX Runtime provider (auto, cpu, cuda); see bundle.choose_providers
 
     def validate(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1:
@@ -68,40 +75,32 @@ class ScoreSummary:
     seconds: float = 0.0
     output: str = ""
     skipped_report: list[str] = field(default_factory=list)
+    backend: str = ""  # what scored: provider or device, precision
 
     @property
     def rate(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
-# -- the model: a bundle (ONNX Runtime) or a run directory (PyTorch) --------------------------------------
+# -- the model: a bundle (ONNX Runtime), or a run or merged folder (PyTorch) ---------------------------------
 class Scorer:
     """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread)."""
 
     def __init__(self, model_path: str, cfg: ScoreConfig):
-        from .bundle import METADATA, Bundle, sha256_file
+        from .load import kind_of, load_model, model_files
 
-        path = Path(model_path)
-        if (path / METADATA).is_file():
-            self.bundle = Bundle.load(path, threads=cfg.threads)
-            self.bundle.predictor(batch_size=cfg.batch_size)
-            meta = self.bundle.metadata
-            self.fingerprint = {"kind": "bundle", "files": meta["files"]}
-            self.backend = f"onnxruntime ({self.bundle.session.get_providers()[0]}, {meta['variant']})"
-        else:
+        kind = kind_of(model_path)
+        if kind != "bundle" and cfg.threads:
             import torch
 
-            from .run import CONFIG, WEIGHTS_DIR, load_run
-
-            if cfg.threads:
-                torch.set_num_threads(cfg.threads)
-            self.bundle = None
-            run = load_run(path)  # the fused kernel where CUDA and Triton are
-            self.predictor = run.predictor(batch_size=cfg.batch_size)
-            weights = sorted((path / WEIGHTS_DIR).glob("*"))
-            self.fingerprint = {"kind": "run", "config": sha256_file(path / CONFIG),
-                                "weights": {w.name: sha256_file(w) for w in weights if w.is_file()}}
-            self.backend = f"pytorch ({self.predictor.device})"
+            torch.set_num_threads(cfg.threads)
+        model = load_model(model_path, provider=cfg.provider, threads=cfg.threads)  # runs: the fused kernel where CUDA is
+        self.predictor = model.predictor(batch_size=cfg.batch_size)
+        self.bundle = model if kind == "bundle" else None
+        self.backend = model.describe() if kind == "bundle" else f"pytorch ({self.predictor.device})"
+        # what makes the scores what they are: the model's files and where it runs (provider, device);
+        # thread counts do not change them
+        self.fingerprint = {"kind": kind, "files": model_files(model_path), "runtime": self.backend}
 
     def prepare(self, chunk: PairChunk):
         if self.bundle is not None:
@@ -146,23 +145,28 @@ def _append(table: pa.Table, fmt: str, handle, writer_box: list) -> None:
             handle.write(json.dumps(dict(zip(names, row)), ensure_ascii=False) + "\n")
 
 
-def _assemble(parts_dir: Path, parts: list[str], out: Path) -> int:
-    """Stream the parts, in order, into ``out`` (temp file, then rename). Returns the row count."""
+def _assemble(parts_dir: Path, parts: list[dict], out: Path, expected: int) -> int:
+    """Stream the parts, in order, into ``out`` (temp file, fsync, rename) if together they hold the
+    rows the input gave. Returns the count."""
     fmt = _out_format(out)
     rows = 0
     with atomic_path(out) as tmp:
         mode = "wb" if fmt == "parquet" else "w"
         with open(tmp, mode, **({} if fmt == "parquet" else {"encoding": "utf-8", "newline": ""})) as handle:
             box: list = []
-            for name in parts:
-                table = pq.read_table(parts_dir / name)
+            for part in parts:
+                table = pq.read_table(parts_dir / part["file"])
                 rows += table.num_rows
                 _append(table, fmt, handle, box)
+                crash_point("score.assemble.part")
             if fmt == "parquet" and box:
                 box[0].close()
             elif fmt == "parquet":  # no rows at all: still a valid, empty file
                 pq.write_table(pa.table({"id": pa.array([], pa.string()), "score": pa.array([], pa.float64())}),
                                handle)
+        if rows != expected:
+            raise ToolkitError(f"{out}: the parts hold {rows} rows, the input gave {expected} good ones; "
+                               "not published (pass --restart to score again)")
     return rows
 
 
@@ -182,30 +186,61 @@ def _input_fingerprint(path: Path) -> dict:
 
 
 def _settings(options: SourceOptions, cfg: ScoreConfig) -> dict:
-    opts = asdict(options)
-    opts.pop("limit", None)
-    return {"source": json.loads(json.dumps(opts, default=str)), "chunk_size": cfg.chunk_size,
-            "shard": list(cfg.shard) if cfg.shard else None, "keep_cols": list(cfg.keep_cols)}
+    """Every option that changes the output: which rows (format, columns, score range, bad-row
+    policy, --limit), how they are cut into parts and batches (int8's dynamic quantisation depends on
+    the batch), which shard, which columns are kept."""
+    return {"source": json.loads(json.dumps(asdict(options), default=str)), "chunk_size": cfg.chunk_size,
+            "batch_size": cfg.batch_size, "shard": list(cfg.shard) if cfg.shard else None,
+            "keep_cols": list(cfg.keep_cols)}
 
 
-def _open_manifest(parts_dir: Path, name: str, identity: dict, restart: bool, tag: str) -> dict:
-    path = parts_dir / name
-    if path.is_file() and not restart:
-        manifest = read_json(path)
-        for key in ("model", "input", "settings"):
-            if manifest.get(key) != identity[key]:
-                what = {"model": "model", "input": "input file (or one since changed)",
-                        "settings": "set of scoring settings"}[key]
-                raise ToolkitError(f"{parts_dir}: an earlier attempt used another {what}; "
-                                   "pass --restart to discard its parts and start over")
-        return manifest
-    if parts_dir.exists():
-        for old in parts_dir.glob(f"{tag}part-*.parquet"):
-            old.unlink()
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"toolkit_version": __version__, **identity, "parts": {}, "complete": False}
-    write_json(path, manifest)
+def _remove_parts(parts_dir: Path, pattern: str, keep: frozenset = frozenset()) -> None:
+    """Part files (and temp files of interrupted writes) matching ``pattern``, except ``keep``."""
+    for path in [*parts_dir.glob(pattern), *parts_dir.glob(f".{pattern}.*.tmp")]:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+            crash_point("score.part-removed")
+    fsync_dir(parts_dir)
+
+
+def _open_manifest(job: "_Job", identity: dict, restart: bool) -> dict:
+    """The manifest of an earlier attempt with the same identity, or a new one. A new manifest is
+    written (atomically, durably) before old parts are removed, and names what is to be removed until
+    it is: a crash in between leaves a manifest that names none of the old parts, and the rerun
+    finishes the removal. An unsharded restart also removes shards' manifests and parts."""
+    if job.manifest.is_file() and not restart:
+        manifest = read_json(job.manifest)
+        diffs = differences({k: manifest.get(k) for k in identity}, identity)
+        if diffs:
+            raise ToolkitError(f"{job.parts_dir}: an earlier attempt used other settings, model or input: "
+                               f"{summarize(diffs)}; pass --restart to discard its parts and start over")
+    else:
+        job.parts_dir.mkdir(parents=True, exist_ok=True)
+        remove = "*part-*.parquet" if restart and not job.tag else f"{job.tag}part-*.parquet"
+        manifest = {"toolkit_version": __version__, **identity, "parts": {}, "complete": False, "removing": remove}
+        write_json(job.manifest, manifest)
+        crash_point("score.manifest-new")
+    if manifest.get("removing"):
+        if manifest["removing"].startswith("*"):
+            for other in job.parts_dir.glob(f"shard-*-{MANIFEST}"):
+                other.unlink()
+        _remove_parts(job.parts_dir, manifest.pop("removing"), keep=frozenset(p["file"] for p in manifest["parts"].values()))
+        write_json(job.manifest, manifest)
     return manifest
+
+
+def _verify_parts(job: "_Job", parts: list[dict]) -> None:
+    """Every recorded part is there and holds the rows recorded (Parquet metadata: no data read)."""
+    for part in parts:
+        path = job.parts_dir / part["file"]
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise ToolkitError(f"{path}: a recorded part is missing or unreadable ({first_line(e)}); "
+                               "pass --restart to score again") from None
+        if rows != part["rows"]:
+            raise ToolkitError(f"{path}: holds {rows} rows, the manifest recorded {part['rows']}; "
+                               "pass --restart to score again")
 
 
 # -- the job -----------------------------------------------------------------------------------------------
@@ -226,39 +261,92 @@ def _reader(source: PairSource, scorer: Scorer, q: queue.Queue, done_parts: dict
         q.put(e)
 
 
+@dataclass
+class _Job:
+    """Where one ``score_file`` call writes: the output, its parts folder and their names."""
+
+    out: Path
+    to_dir: bool
+    parts_dir: Path
+    tag: str  # shard prefix of part and manifest names in a shared output folder
+
+    @classmethod
+    def plan(cls, out: str, shard: Optional[tuple[int, int]]) -> "_Job":
+        out_path = Path(out)
+        to_dir = out.endswith((os.sep, "/")) or out_path.is_dir() or not out_path.suffix
+        if not to_dir and _out_format(out_path) is None:
+            raise ToolkitError(f"{out}: unknown output format {out_path.suffix!r} "
+                               "(use .parquet, .csv, .tsv or .jsonl, or a folder/)")
+        parts_dir = out_path if to_dir else out_path.with_name(out_path.name + ".parts")
+        tag = f"shard-{shard[0]:03d}-of-{shard[1]:03d}-" if (shard and to_dir) else ""
+        return cls(out_path, to_dir, parts_dir, tag)
+
+    @property
+    def manifest(self) -> Path:
+        return self.parts_dir / f"{self.tag}{MANIFEST}"
+
+
 def score_file(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig) -> ScoreSummary:
     """Score every pair of ``input_path`` into ``out`` (a file: .parquet/.csv/.tsv/.jsonl, or a folder)."""
     cfg.validate()
     start = time.time()
-    out_path = Path(out)
-    to_dir = out.endswith((os.sep, "/")) or out_path.is_dir() or not out_path.suffix
-    if not to_dir and _out_format(out_path) is None:
-        raise ToolkitError(f"{out}: unknown output format {out_path.suffix!r} "
-                           "(use .parquet, .csv, .tsv or .jsonl, or a folder/)")
-    parts_dir = out_path if to_dir else out_path.with_name(out_path.name + ".parts")
+    job = _Job.plan(out, cfg.shard)
     # shards take whole parts (part k -> shard k % n): each part is batched exactly as unsharded,
     # so the union of the shards is the unsharded output, scores included (int8's dynamic
     # quantisation depends on the batch)
-    shard_tag = f"shard-{cfg.shard[0]:03d}-of-{cfg.shard[1]:03d}-" if (cfg.shard and to_dir) else ""
     options = dataclasses.replace(options, need_score=False, chunk_size=cfg.chunk_size,
                                   keep_cols=tuple(cfg.keep_cols))
     source = PairSource(input_path, options)
-    if not to_dir and out_path.is_file() and not any(parts_dir.glob(f"*{MANIFEST}")) and not cfg.restart:
+    if not job.to_dir and job.out.is_file() and not job.manifest.is_file() and not cfg.restart:
         raise ToolkitError(f"{out}: already exists (a finished output); pass --restart to score it again")
     scorer = Scorer(model_path, cfg)
     identity = {"model": scorer.fingerprint, "input": _input_fingerprint(Path(input_path)),
                 "settings": _settings(options, cfg)}
-    manifest_name = f"{shard_tag}{MANIFEST}"
-    manifest = _open_manifest(parts_dir, manifest_name, identity, cfg.restart, shard_tag)
-    summary = ScoreSummary(output=str(out_path))
-    if manifest.get("complete"):
-        summary.written = sum(p["rows"] for p in manifest["parts"].values())
+    manifest = _open_manifest(job, identity, cfg.restart)
+    summary = ScoreSummary(output=str(job.out), backend=scorer.backend)
+    if manifest.get("complete"):  # an earlier attempt published the output; at most its cleanup was cut short
+        if not job.to_dir and not job.out.is_file():
+            raise ToolkitError(f"{out}: was removed after scoring finished; pass --restart to score again")
+        summary.written = manifest["written"]
+        if not job.to_dir:
+            _clean_up(job, manifest)
         summary.seconds = time.time() - start
         return summary
+    summary.resumed_parts = len(manifest["parts"])
+    owned = _score_parts(job, source, scorer, manifest, cfg, _count_rows(Path(input_path), source, cfg.shard))
+    summary.rows, summary.bad = source.report.rows, source.report.bad
+    summary.skipped_report = list(source.report.problems)
     done = manifest["parts"]
-    summary.resumed_parts = len(done)
+    parts = [done[str(i)] for i in owned]
+    expected = sum(owned.values())
+    if cfg.shard is None and expected != summary.rows - summary.bad:
+        raise ToolkitError(f"{input_path}: read {summary.rows} rows with {summary.bad} bad, but the parts cover "
+                           f"{expected}; not published")
+    if set(done) != {str(i) for i in owned}:
+        raise ToolkitError(f"{job.manifest}: records other parts than this input gives; pass --restart")
+    _verify_parts(job, parts)
+    if job.to_dir:
+        _remove_parts(job.parts_dir, f"{job.tag}part-*.parquet", keep=frozenset(p["file"] for p in parts))
+        summary.written = expected
+    else:
+        summary.written = _assemble(job.parts_dir, parts, job.out, expected)
+        crash_point("score.output-renamed")
+    manifest.update(complete=True, rows=summary.rows, bad=summary.bad, written=summary.written,
+                    files=[p["file"] for p in parts])
+    write_json(job.manifest, manifest)
+    crash_point("score.manifest-complete")
+    if not job.to_dir:
+        _clean_up(job, manifest)
+    summary.seconds = time.time() - start
+    return summary
 
-    total = _count_rows(Path(input_path), source, cfg.shard)
+
+def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, cfg: ScoreConfig,
+                 total: Optional[int]) -> dict[int, int]:
+    """Score the parts not yet in the manifest; returns {part index: good rows} of every part this
+    job owns. A part is written (temp file, fsync, rename) before the manifest records it."""
+    done = manifest["parts"]
+    owned: dict[int, int] = {}
     bar = tqdm(total=total, unit="pair", unit_scale=True, disable=not cfg.progress, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="scoring")
     q: queue.Queue = queue.Queue(maxsize=2)  # bounded: the reader runs at most two chunks ahead
@@ -266,41 +354,43 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
     thread = threading.Thread(target=_reader, args=(source, scorer, q, done, stop, cfg.shard), daemon=True)
     thread.start()
     try:
-        while True:
-            item = q.get()
-            if item is None:
-                break
+        while (item := q.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             index, chunk, prepared = item
-            name = f"{shard_tag}part-{index:05d}.parquet"
+            owned[index] = len(chunk)
+            name = f"{job.tag}part-{index:05d}.parquet"
             if prepared is not None:
                 scores = scorer.score(prepared)
-                with atomic_path(parts_dir / name) as tmp:
+                with atomic_path(job.parts_dir / name) as tmp:
                     pq.write_table(part_table(chunk, scores, cfg.keep_cols), tmp)
+                    crash_point("score.part-written")
+                crash_point("score.part-renamed")
                 done[str(index)] = {"file": name, "rows": len(chunk)}
-                manifest["parts"] = done
-                write_json(parts_dir / manifest_name, manifest)
+                write_json(job.manifest, manifest)
+                crash_point("score.manifest-updated")
+            elif done[str(index)]["rows"] != len(chunk):
+                raise ToolkitError(f"{job.manifest}: part {index} recorded {done[str(index)]['rows']} rows, the "
+                                   f"input gives {len(chunk)}; pass --restart")
             bar.update(len(chunk))
     finally:
         stop.set()
         bar.close()
-    summary.rows, summary.bad = source.report.rows, source.report.bad
-    summary.skipped_report = list(source.report.problems)
-    order = [done[k]["file"] for k in sorted(done, key=int)]
-    if to_dir:
-        summary.written = sum(p["rows"] for p in done.values())
-        manifest.update(complete=True, rows=summary.rows, bad=summary.bad, files=order)
-        write_json(parts_dir / manifest_name, manifest)
-    else:
-        summary.written = _assemble(parts_dir, order, out_path)
-        for name in order:
-            (parts_dir / name).unlink(missing_ok=True)
-        (parts_dir / manifest_name).unlink(missing_ok=True)
-        if not any(parts_dir.iterdir()):
-            parts_dir.rmdir()
-    summary.seconds = time.time() - start
-    return summary
+    return owned
+
+
+def _clean_up(job: _Job, manifest: dict) -> None:
+    """After the output is published and the manifest says so: remove the parts, then the manifest."""
+    for name in manifest["files"]:
+        (job.parts_dir / name).unlink(missing_ok=True)
+        crash_point("score.cleanup.part")
+    _remove_parts(job.parts_dir, f"{job.tag}part-*.parquet")
+    job.manifest.unlink(missing_ok=True)
+    # temp files that crashed writes of the manifest or the output left behind
+    for stale in [*job.parts_dir.glob(f".{job.manifest.name}.*.tmp"), *job.out.parent.glob(f".{job.out.name}.*.tmp")]:
+        stale.unlink(missing_ok=True)
+    if not any(job.parts_dir.iterdir()):
+        job.parts_dir.rmdir()
 
 
 def _count_rows(path: Path, source: PairSource, shard) -> Optional[int]:

@@ -192,25 +192,33 @@ def score_ray(model_path: str, input_path: str, out: str, options: SourceOptions
                             compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=0 if ray_cfg.num_gpus_per_actor > 0 else threads,
                             num_gpus=ray_cfg.num_gpus_per_actor or None)
+        summary = ScoreSummary(output=str(out_path))
         try:
-            with atomic_dir(out_path) as tmp:
+            with atomic_dir(out_path) as tmp:  # published (renamed into place) only if the check passes
                 ds.write_parquet(str(tmp))
-                written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
+                summary.written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
+                _add_reports(summary, ray.get(log.all.remote()), len(files))
+                if summary.rows - summary.bad != summary.written:
+                    raise ToolkitError(f"{out}: wrote {summary.written} rows but read {summary.rows - summary.bad} "
+                                       "good ones; not published")
         except Exception as e:
             user = _user_error(e)
             if user is not None:
                 raise user from None
             raise
-        reports = ray.get(log.all.remote())
     finally:
         if started:
             ray.shutdown()
-    summary = ScoreSummary(output=str(out_path), written=written, seconds=time.time() - start)
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _add_reports(summary: ScoreSummary, reports: dict, files: int) -> None:
+    """The read tasks' per-file counts (each file reports once its last part is read)."""
+    if len(reports) != files:
+        raise ToolkitError(f"{files - len(reports)} of {files} input files were not read to the end; not published")
     for index in sorted(reports):
         _, rows, bad, problems = reports[index]
         summary.rows += rows
         summary.bad += bad
         summary.skipped_report.extend(problems)
-    if summary.rows - summary.bad != written:
-        raise ToolkitError(f"{out}: wrote {written} rows but read {summary.rows - summary.bad} good ones")
-    return summary

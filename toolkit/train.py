@@ -1,7 +1,8 @@
 """Training: one loop, on Accelerate, for one CPU process, one GPU, many GPUs or DeepSpeed ZeRO.
 
-Read top to bottom: settings, data, model, optimiser and schedule, the epoch loop with dev
-evaluation, early stopping, best-checkpoint saving and resumable checkpoints, then the summary.
+Read top to bottom: ``train`` decides how the run starts (fresh, resumed, already finished), sets it
+up (data, model, optimiser and schedule), then alternates ``_train_epoch`` and ``_end_epoch`` (dev
+evaluation, early stopping, a checkpoint that holds the best weights) and writes the summary.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,12 +24,13 @@ from tqdm.auto import tqdm
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
+from .compare import differences, summarize
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
-from .loading import load_tokenizer, resolve_model
+from .loading import caller_trust, load_tokenizer, resolve_model
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
-from .model import ModelConfig, PairRegressor
+from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
 from .sources import Columns, PairChunk, PairSource, SourceOptions
@@ -35,6 +38,7 @@ from .sources import Columns, PairChunk, PairSource, SourceOptions
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 DEFAULT_LR = {"none": 2e-5}
 DEFAULT_ADAPTER_LR = 1e-3
+LOG, STEPS_LOG = "train_log.jsonl", "steps.jsonl"
 
 
 @dataclass
@@ -57,6 +61,7 @@ class TrainConfig:
     save_steps: int = 0  # also checkpoint every N optimiser steps (0: at epoch ends only)
     keep_checkpoint: bool = False  # keep the resumable checkpoint after a finished run
     head_init: str = "random"  # cross-encoders: random | lp (linear probe first: LP-FT, needed by `toolkit wise`)
+    log_steps: int = 10  # log the training loss every N optimiser steps (reduced across processes only then)
 
     def resolved_lr(self, adapter: str) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
@@ -78,6 +83,8 @@ class TrainConfig:
             raise ToolkitError("--lr must be positive")
         if self.save_steps < 0:
             raise ToolkitError("--save-steps must be 0 or more")
+        if self.log_steps < 1:
+            raise ToolkitError("--log-steps must be at least 1")
         if self.head_init not in ("random", "lp"):
             raise ToolkitError("--head-init must be random or lp")
 
@@ -117,15 +124,27 @@ class DataConfig:
 @dataclass
 class TrainResult:
     """What ``train`` returns: the summary written to metrics.json, the best checkpoint's dev
-    predictions, and the model as training left it (unwrapped; its last state, not the best)."""
+    predictions, and the model as training left it (unwrapped; its last state, not the best).
+    A run that had already finished returns its summary only."""
 
     summary: dict
-    dev_predictions: np.ndarray
+    dev_predictions: Optional[np.ndarray] = None
     model: Any = None
 
 
+@dataclass
+class BatchSeen:
+    """What one process trained on in one batch, for ``train(observe=...)`` (tracing, tests)."""
+
+    epoch: int
+    batch: int  # index of the global batch in the epoch
+    rank: int
+    indices: list[int]  # training pairs (positions among the training file's good rows) that counted
+
+
 class RunLog:
-    """Per-epoch records: JSON lines for programs, plain lines for people (and the console)."""
+    """Per-epoch records (train_log.jsonl) and per-interval training losses (steps.jsonl): JSON
+    lines for programs; plain lines for people (train.log and the console)."""
 
     def __init__(self, folder: Path, enabled: bool):
         self.folder = folder
@@ -138,15 +157,16 @@ class RunLog:
         with open(self.folder / "train.log", "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    def record(self, entry: dict) -> None:
+    def record(self, entry: dict, name: str = LOG) -> None:
         if self.enabled:
-            with open(self.folder / "train_log.jsonl", "a", encoding="utf-8") as f:
+            with open(self.folder / name, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    def rewrite(self, history: list[dict]) -> None:
+    def rewrite(self, history: list[dict], steps: list[dict]) -> None:
         """On resume: the records of the checkpoint, without any written after it."""
         if self.enabled:
-            write_text(self.folder / "train_log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
+            for name, entries in ((LOG, history), (STEPS_LOG, steps)):
+                write_text(self.folder / name, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def _read(path: str, options: SourceOptions, what: str, log: RunLog) -> tuple[PairChunk, PairSource]:
@@ -207,232 +227,390 @@ def _batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0])
 
 
-def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig,
-          overwrite: bool = False, resume: bool = False) -> TrainResult:
+def config_sections(model_cfg: ModelConfig, cfg: TrainConfig, data: DataConfig) -> dict:
+    """The run's settings as config.json keeps them (and a rerun is compared with)."""
+    return {"model": dataclasses.asdict(model_cfg), "train": {**dataclasses.asdict(cfg), "lr": cfg.resolved_lr(
+        model_cfg.adapter)}, "data": dataclasses.asdict(data)}
+
+
+def _check_same_run(out: Path, sections: dict, world: dict) -> None:
+    """A rerun continues a run only with the settings it was started with."""
+    saved = read_json(out / CONFIG)
+    asked = json.loads(json.dumps(sections))
+    diffs = differences({k: saved.get(k) for k in asked}, asked)
+    diffs += differences({k: saved.get("resolved", {}).get(k) for k in world}, world, "resolved")
+    if diffs:
+        raise ToolkitError(f"{out / CONFIG}: this run was started with other settings: {summarize(diffs)}; "
+                           "rerun with its settings, or choose another --out (or --overwrite)")
+
+
+def _start(out: Path, sections: dict, world: dict, overwrite: bool, resume: bool,
+           resume_if_exists: bool) -> tuple[str, Optional[Path]]:
+    """How this run starts: ("fresh" | "resume" | "finished", checkpoint to resume from)."""
+    if resume:
+        checkpoint = find_checkpoint(out)
+        if checkpoint is None:
+            raise ToolkitError(f"{out}: no checkpoint to resume from"
+                               + (" (the run finished)" if (out / METRICS).exists() else ""))
+        return "resume", checkpoint
+    if not (out / CONFIG).exists() or overwrite:
+        return "fresh", None
+    if not resume_if_exists:
+        raise ToolkitError(f"{out}: already holds a run; choose another --out, pass --overwrite, or "
+                           "--resume-if-exists to continue it")
+    _check_same_run(out, sections, world)
+    if (out / METRICS).exists():
+        return "finished", None
+    checkpoint = find_checkpoint(out)
+    return ("resume", checkpoint) if checkpoint is not None else ("fresh", None)
+
+
+@dataclass
+class Session:
+    """A run while it trains: what every step needs, built once by ``_set_up``."""
+
+    out: Path
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    accelerator: Any
+    model: Any  # as accelerate prepared it (DDP or DeepSpeed wrapper)
+    unwrapped: PairRegressor
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    sampler: LengthGroupedBatchSampler
+    dev_pairs: PairChunk
+    predictor: Predictor
+    log: RunLog
+    facts: dict  # for metrics.json: parameter counts, processes, batch sizes
+    best_pred: Optional[np.ndarray] = None
+    bar: Any = None
+    epoch_start: float = 0.0
+    kernel_said: set = field(default_factory=set)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.out / WEIGHTS_DIR
+
+    @property
+    def loss_scale(self) -> float:
+        """Undoes DDP's average over processes and accelerate's division by the accumulation steps:
+        the weights of LengthGroupedBatchSampler already make each step's loss a mean."""
+        return float(self.accelerator.num_processes * self.cfg.grad_accum)
+
+
+def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, overwrite: bool = False,
+          resume: bool = False, resume_if_exists: bool = False,
+          observe: Optional[Callable[[BatchSeen], None]] = None) -> TrainResult:
     """Train an adapter (or the full model) and write a self-describing run directory.
 
     ``resume`` continues ``out`` from its last checkpoint (model, optimiser, scheduler, RNG, step,
-    early-stopping state): the result equals an uninterrupted run's.
+    early-stopping state, best weights): the result equals an uninterrupted run's.
+    ``resume_if_exists`` makes a rerun of the same command continue (or, finished, leave) the run
+    in ``out``, and refuses one with other settings. ``observe`` sees every batch each process trains.
     """
-    from accelerate.utils import DummyOptim, DummyScheduler, set_seed
-    from transformers import get_linear_schedule_with_warmup
-
-    # -- settings ---------------------------------------------------------------------------------
     out = Path(out)
     model_cfg.validate()
     cfg.validate()
     precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
-    if not resume and (out / CONFIG).exists() and not overwrite:
-        raise ToolkitError(f"{out}: already holds a run; choose another --out, pass --overwrite, or --resume it")
-    checkpoint = find_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        raise ToolkitError(f"{out}: no checkpoint to resume from"
-                           + (" (the run finished)" if (out / METRICS).exists() else ""))
     accelerator = make_accelerator(precision, cfg.grad_accum)
     per_device = cfg.per_device_batch(accelerator.num_processes)
-    ds_config = _align_deepspeed(accelerator, per_device, cfg)
-    main = accelerator.is_main_process
-    if main and not resume:
+    world = {"processes": accelerator.num_processes,
+             "effective_batch": per_device * accelerator.num_processes * cfg.grad_accum}
+    sections = config_sections(model_cfg, cfg, data)
+    kind, checkpoint = _start(out, sections, world, overwrite, resume, resume_if_exists)
+    accelerator.wait_for_everyone()  # every process has looked at the folder before anything changes it
+    if kind == "finished":
+        if accelerator.is_main_process:
+            tqdm.write(f"{out}: this run already finished (see {out / METRICS}); nothing to do")
+        return TrainResult(read_json(out / METRICS))
+    if kind == "fresh" and accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         remove_checkpoints(out)
-        for name in ("train.log", "train_log.jsonl", METRICS):
+        for name in ("train.log", LOG, STEPS_LOG, METRICS):
             (out / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
+    s = _set_up(out, data, model_cfg, cfg, accelerator, precision, per_device, base_folder, sections,
+                fresh=kind == "fresh")
+    state = _restore(s, checkpoint) if checkpoint is not None else _begin(s)
+    s.bar = tqdm(total=len(s.loader) * cfg.epochs, initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
+                 disable=not s.main, unit="batch", dynamic_ncols=True,
+                 mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    start = time.time()
+    while not state.finished and state.epoch <= cfg.epochs:
+        _train_epoch(s, state, observe)
+        _end_epoch(s, state)
+    s.bar.close()
+    return _finish(s, state, time.time() - start)
+
+
+def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, accelerator, precision: str,
+            per_device: int, base_folder: Path, sections: dict, fresh: bool) -> Session:
+    """Data, model (and linear-probe head), config.json, optimiser and schedule, all prepared."""
+    from accelerate.utils import set_seed
+
+    main = accelerator.is_main_process
     log = RunLog(out, main)
     set_seed(cfg.seed)
-
-    # -- data -------------------------------------------------------------------------------------
     train_pairs, train_src = _read(data.train, data.source, "training", log)
-    score_range = train_src.score_range
     dev_options = data.dev_options()
-    dev_options.score_range = dev_options.score_range or score_range  # dev gold must lie in the trained range
+    dev_options.score_range = dev_options.score_range or train_src.score_range  # dev gold in the trained range
     dev_pairs, _ = _read(data.dev, dev_options, "dev", log)
-    labels = _label_scale(cfg, model_cfg, score_range, train_pairs.scores)
+    labels = _label_scale(cfg, model_cfg, train_src.score_range, train_pairs.scores)
+    model, tokens, probe = _build_model(model_cfg, cfg, accelerator, base_folder, labels, train_pairs, dev_pairs,
+                                        fresh)
+    counts = model.parameter_counts()
+    effective = per_device * accelerator.num_processes * cfg.grad_accum
+    facts = {"params": counts, "processes": accelerator.num_processes, "per_device_batch": per_device,
+             "effective_batch_size": effective}
+    if main and fresh:
+        write_config(out, model_cfg, labels, base_reference(model_cfg), train=sections["train"],
+                     data=sections["data"],
+                     resolved={"score_range": train_src.score_range, "columns": dataclasses.asdict(train_src.columns),
+                               "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
+                               "processes": accelerator.num_processes, "per_device_batch": per_device,
+                               "effective_batch": effective,
+                               "linear_probe": dataclasses.asdict(probe) if probe is not None else None})
+    dataset = PairDataset(tokens.encode_pairs(train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores))
+    # global batches, each process takes its slice (split_batches: see distributed.make_accelerator)
+    sampler = LengthGroupedBatchSampler(dataset.lengths(), per_device * accelerator.num_processes, cfg.seed,
+                                        cfg.group_by_length, accumulation=cfg.grad_accum)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=tokens.collate)
+    optimizer, scheduler, steps_per_epoch = _optimiser(model, model_cfg, cfg, accelerator, per_device, len(loader))
+    prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    unwrapped = accelerator.unwrap_model(prepared)
+    log.say(f"model {base_reference(model_cfg)['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
+            f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
+    log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
+            f"(score = {labels.offset:g} + {labels.scale:g} * y)")
+    if probe is not None:
+        log.say(probe.describe())
+    log.say(f"fused kernel: {model.kernel_choice[1]}")
+    zero = f" ZeRO-{zero_stage(accelerator)}" if zero_stage(accelerator) else ""
+    log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}{zero}, "
+            f"device {accelerator.device}, precision {precision}")
+    log.say(f"batch {per_device} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
+            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; lr {cfg.resolved_lr(model_cfg.adapter):g}")
+    predictor = Predictor(unwrapped, tokens, labels, cfg.eval_batch_size, accelerator.device, accelerator)
+    return Session(out, cfg, model_cfg, accelerator, prepared, unwrapped, optimizer, scheduler, loader, sampler,
+                   dev_pairs, predictor, log, facts)
 
-    # -- model ------------------------------------------------------------------------------------
+
+def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, accelerator, base_folder: Path, labels: LabelScale,
+                 train_pairs: PairChunk, dev_pairs: PairChunk, fresh: bool):
+    """(model, tokenizer, linear-probe result or None). The config as asked is what config.json
+    keeps; ZeRO-3 only changes what is built."""
+    build_cfg = model_cfg
     if zero_stage(accelerator) == 3 and model_cfg.fused_kernel != "off":
         if model_cfg.fused_kernel == "on":  # ZeRO-3 gathers weights in module hooks the kernel bypasses
             raise ToolkitError("--fused-kernel on does not work under DeepSpeed ZeRO-3: "
                                "use ZeRO-2 or --fused-kernel off")
-        model_cfg = dataclasses.replace(model_cfg, fused_kernel="off")
-    base = base_reference(model_cfg)
-    model = PairRegressor.create(model_cfg, base_folder)
+        build_cfg = dataclasses.replace(model_cfg, fused_kernel="off")
+    model = PairRegressor.create(build_cfg, base_folder)
     tokens = PairTokenizer(load_tokenizer(base_folder, model_cfg.trust_remote_code), model_cfg.arch,
                            model_cfg.max_length)
     probe = None
-    if cfg.head_init == "lp" and checkpoint is None:
+    if cfg.head_init == "lp" and fresh:
         from .probe import fit_linear_probe
 
         model.to(accelerator.device)
         probe = fit_linear_probe(model, tokens, (train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores),
                                  (dev_pairs.s1, dev_pairs.s2), labels.normalize(dev_pairs.scores),
                                  cfg.eval_batch_size, accelerator.device)
-    counts = model.parameter_counts()
-    lr = cfg.resolved_lr(model_cfg.adapter)
-    effective = per_device * accelerator.num_processes * cfg.grad_accum
-    if main and not resume:
-        write_config(out, model_cfg, labels, base, train={**dataclasses.asdict(cfg), "lr": lr},
-                     data=dataclasses.asdict(data),
-                     resolved={"score_range": score_range, "columns": dataclasses.asdict(train_src.columns),
-                               "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
-                               "processes": accelerator.num_processes, "per_device_batch": per_device,
-                               "effective_batch": effective,
-                               "linear_probe": dataclasses.asdict(probe) if probe is not None else None})
+    return model, tokens, probe
 
-    dataset = PairDataset(tokens.encode_pairs(train_pairs.s1, train_pairs.s2), labels.normalize(train_pairs.scores))
-    # global batches; each process takes its share (split_batches), see distributed.make_accelerator
-    sampler = LengthGroupedBatchSampler(dataset.lengths(), per_device * accelerator.num_processes, cfg.seed,
-                                        cfg.group_by_length)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=tokens.collate)
 
-    # -- optimiser and schedule ---------------------------------------------------------------------
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+def _optimiser(model: PairRegressor, model_cfg: ModelConfig, cfg: TrainConfig, accelerator, per_device: int,
+               batches_per_epoch: int):
+    """AdamW with linear warm-up and decay (DeepSpeed's own when its config names them)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    ds_config = _align_deepspeed(accelerator, per_device, cfg)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(cfg.warmup_ratio * total_steps)
     groups = _param_groups(model, cfg.weight_decay)
+    lr = cfg.resolved_lr(model_cfg.adapter)
     if ds_config is not None and "optimizer" in ds_config:  # DeepSpeed builds them; "auto" filled from ours
+        from accelerate.utils import DummyOptim, DummyScheduler  # exported only where deepspeed is installed
+
         optimizer = DummyOptim(groups, lr=lr, weight_decay=cfg.weight_decay)
-        scheduler = DummyScheduler(optimizer, total_num_steps=total_steps, warmup_num_steps=warmup_steps)
+        return optimizer, DummyScheduler(optimizer, total_num_steps=total_steps,
+                                         warmup_num_steps=warmup_steps), steps_per_epoch
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps), steps_per_epoch
+
+
+def _evaluate(s: Session) -> tuple[np.ndarray, dict, list[str]]:
+    with s.accelerator.autocast():
+        pred = s.predictor.predict(s.dev_pairs.s1, s.dev_pairs.s2)
+    return (pred, *evaluate_predictions(pred, s.dev_pairs.scores, s.dev_pairs.groups, ci=False))
+
+
+def _write_weights(s: Session, folder: Path, atomic: bool = False) -> None:
+    """The trained weights (adapter + head, or all of them) into ``folder``: gathered from ZeRO-3
+    partitions, written by the main process. Every process must call."""
+    params = [p for p in s.unwrapped.parameters() if p.requires_grad or s.model_cfg.adapter == "none"]
+    with gathered(s.accelerator, params):
+        if s.main:
+            with atomic_dir(folder) if atomic else nullcontext(folder) as target:
+                s.unwrapped.save_weights(Path(target))
+    s.accelerator.wait_for_everyone()
+
+
+def _write_init(s: Session) -> None:
+    """The trainable weights as training starts (adapter at its identity init, linear-probe head):
+    the α = 0 end of ``toolkit wise``. Full fine-tuning starts from the base model's weights, which
+    are not copied: only its head is saved."""
+    named = [(n, p) for n, p in s.unwrapped.named_parameters()
+             if p.requires_grad and (s.model_cfg.adapter != "none" or ".heads." in n)]
+    with gathered(s.accelerator, [p for _, p in named]):
+        if s.main:
+            from safetensors.torch import save_file
+
+            head_init = s.cfg.head_init if s.model_cfg.arch == "cross" else "none"
+            with atomic_dir(s.out / INIT_DIR) as tmp:
+                save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / INIT_WEIGHTS),
+                          metadata={"head_init": head_init})
+    s.accelerator.wait_for_everyone()
+
+
+def _begin(s: Session) -> TrainerState:
+    """Epoch 0: the model before any step, evaluated; its weights are the first best."""
+    s.best_pred, dev, _ = _evaluate(s)
+    state = TrainerState(best=dev, history=[{"epoch": 0, "dev": dev}])
+    _write_init(s)
+    _write_weights(s, s.weights_dir, atomic=True)
+    s.log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
+    s.log.record({"epoch": 0, "dev": dev})
+    _say_kernel(s)
+    return state
+
+
+def _restore(s: Session, checkpoint: Path) -> TrainerState:
+    state, s.best_pred = load_checkpoint(s.accelerator, checkpoint, s.weights_dir)
+    s.log.rewrite(state.history, state.steps)
+    s.log.say(f"resumed from {checkpoint.name}: epoch {state.epoch}, batch {state.batches_done}, "
+              f"step {state.global_step}")
+    return state
+
+
+def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[BatchSeen], None]]) -> None:
+    """The epoch in progress, from where it stands: each pair once, at its weight (see the sampler)."""
+    acc, cfg, epoch = s.accelerator, s.cfg, state.epoch
+    s.model.train()
+    loader = acc.skip_first_batches(s.loader, state.batches_done) if state.batches_done else s.loader
+    loader.set_epoch(epoch)  # the batch order depends on (seed, epoch) only; accelerate's
+    s.sampler.set_epoch(epoch)  # skipping wrapper does not pass the epoch on, so set it here too
+    s.bar.set_description(f"epoch {epoch}/{cfg.epochs}")
+    s.epoch_start = time.time()
+    step_sum = torch.zeros(2, dtype=torch.float64, device=acc.device)  # this process's loss sum and pairs
+    pending: list[torch.Tensor] = []  # per optimiser step, reduced across processes only when logged
+    for batch in loader:
+        with acc.accumulate(s.model):
+            torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, acc.process_index))
+            targets, weights, index = batch.pop("labels"), batch.pop("weights"), batch.pop("index")
+            losses = F.mse_loss(s.model(**batch).float(), targets.float(), reduction="none")
+            acc.backward((losses * weights.float()).sum() * s.loss_scale)
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad()
+        counted = weights > 0
+        step_sum += torch.stack([losses.detach().double()[counted].sum(), counted.sum().double()])
+        if observe is not None:
+            observe(BatchSeen(epoch, state.batches_done, acc.process_index, index[counted].tolist()))
+        state.batches_done += 1
+        s.bar.update(1)
+        if acc.sync_gradients:
+            state.global_step += 1
+            pending.append(step_sum)
+            step_sum = torch.zeros_like(step_sum)
+            if state.global_step % cfg.log_steps == 0:
+                _log_steps(s, state, pending)
+            if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+                _log_steps(s, state, pending)
+                save_checkpoint(acc, s.out, s.weights_dir, state, s.best_pred, None)
+    _log_steps(s, state, pending)
+
+
+def _log_steps(s: Session, state: TrainerState, pending: list[torch.Tensor]) -> None:
+    """One all-reduce for the steps since the last log: their mean loss per pair, all processes."""
+    if not pending:
+        return
+    totals = s.accelerator.reduce(torch.stack(pending), "sum").cpu().tolist()
+    pending.clear()
+    loss_sum, pairs = sum(t[0] for t in totals), sum(t[1] for t in totals)
+    state.epoch_loss_sum += loss_sum
+    state.epoch_pairs += int(pairs)
+    lr = s.scheduler.get_last_lr()[0]
+    entry = {"step": state.global_step, "epoch": state.epoch, "steps": len(totals), "pairs": int(pairs),
+             "loss": loss_sum / pairs, "lr": lr}
+    state.steps.append(entry)
+    s.log.record(entry, STEPS_LOG)
+    s.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+
+
+def _end_epoch(s: Session, state: TrainerState) -> None:
+    """Dev evaluation, best weights, early stopping, and the checkpoint that records them together."""
+    epoch, cfg = state.epoch, s.cfg
+    pred, dev, warnings = _evaluate(s)
+    for w in warnings:
+        s.log.say(f"warning: dev {w}")
+    elapsed = time.time() - s.epoch_start
+    entry = {"epoch": epoch, "train_loss": state.epoch_loss_sum / max(state.epoch_pairs, 1), "dev": dev,
+             "seconds": elapsed, "samples_per_s": state.epoch_pairs / elapsed}
+    state.history.append(entry)
+    s.log.record(entry)
+    improved = is_better(cfg.metric, dev[cfg.metric], state.best[cfg.metric])
+    s.log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
+              f"{' (best)' if improved else ''} [{elapsed:.0f}s]")
+    _say_kernel(s)
+    if improved:
+        state.best, state.best_epoch, state.since_best, s.best_pred = dev, epoch, 0, pred
     else:
-        optimizer = torch.optim.AdamW(groups, lr=lr)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
-            f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
-    log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
-            f"(score = {labels.offset:g} + {labels.scale:g} * y)")
-    if probe is not None:
-        log.say(probe.describe())
-    log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}"
-            f"{' ZeRO-' + str(accelerator.state.deepspeed_plugin.zero_stage) if ds_config else ''}, "
-            f"device {accelerator.device}, precision {precision}")
-    log.say(f"batch {per_device} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
-            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; lr {lr:g}")
-
-    predictor = Predictor(unwrapped, tokens, labels, cfg.eval_batch_size, accelerator.device, accelerator)
-
-    def evaluate() -> tuple[np.ndarray, dict, list[str]]:
-        with accelerator.autocast():
-            pred = predictor.predict(dev_pairs.s1, dev_pairs.s2)
-        return (pred, *evaluate_predictions(pred, dev_pairs.scores, dev_pairs.groups, ci=False))
-
-    def save_best() -> None:
-        """Adapter (+ head), or all weights: gathered from ZeRO-3 partitions, written by the main process."""
-        params = [p for p in unwrapped.parameters() if p.requires_grad or model_cfg.adapter == "none"]
-        with gathered(accelerator, params):
-            if main:
-                with atomic_dir(out / WEIGHTS_DIR) as tmp:
-                    unwrapped.save_weights(tmp)
-        accelerator.wait_for_everyone()
-
-    def save_init() -> None:
-        """The trainable weights as training starts (adapter at its identity init, linear-probe head):
-        the α = 0 end of ``toolkit wise``. Full fine-tuning starts from the base model's weights, which
-        are not copied: only its head is saved."""
-        named = [(n, p) for n, p in unwrapped.named_parameters()
-                 if p.requires_grad and (model_cfg.adapter != "none" or ".heads." in n)]
-        with gathered(accelerator, [p for _, p in named]):
-            if main:
-                from safetensors.torch import save_file
-
-                with atomic_dir(out / INIT_DIR) as tmp:
-                    save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / INIT_WEIGHTS),
-                              metadata={"head_init": cfg.head_init if model_cfg.arch == "cross" else "none"})
-        accelerator.wait_for_everyone()
-
-    # -- state: fresh, or from the last checkpoint ----------------------------------------------------
-    if checkpoint is not None:
-        state, best_pred = load_checkpoint(accelerator, checkpoint)
-        log.rewrite(state.history)
-        log.say(f"resumed from {checkpoint.name}: epoch {state.epoch}, batch {state.batches_done}, "
-                f"step {state.global_step}")
-    else:
-        best_pred, dev, _ = evaluate()
-        state = TrainerState(best=dev, history=[{"epoch": 0, "dev": dev}])
-        save_init()
-        save_best()
-        log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
-        log.record({"epoch": 0, "dev": dev})
-
-    # -- epochs -----------------------------------------------------------------------------------
-    start = time.time()
-    bar = tqdm(total=len(loader) * cfg.epochs, initial=(state.epoch - 1) * len(loader) + state.batches_done,
-               disable=not main, unit="batch", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    while not state.finished and state.epoch <= cfg.epochs:
-        epoch = state.epoch
-        model.train()
-        epoch_loader = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
-        epoch_loader.set_epoch(epoch)  # the batch order depends on (seed, epoch) only; accelerate's
-        sampler.set_epoch(epoch)       # skipping wrapper does not pass the epoch on, so set it here too
-        bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-        epoch_start = time.time()
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, accelerator.process_index))
-                targets = batch.pop("labels")
-                pred = model(**batch)
-                loss = F.mse_loss(pred.float(), targets.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state.epoch_losses.append(accelerator.reduce(loss.detach(), "mean").item())
-            state.epoch_seen += len(targets) * accelerator.num_processes
-            state.batches_done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(state.epoch_losses[-50:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            refresh=False)
-            if accelerator.sync_gradients:
-                state.global_step += 1
-                if cfg.save_steps and state.global_step % cfg.save_steps == 0:
-                    save_checkpoint(accelerator, out, state, best_pred)
-        pred, dev, warnings = evaluate()
-        for w in warnings:
-            log.say(f"warning: dev {w}")
-        elapsed = time.time() - epoch_start
-        entry = {"epoch": epoch, "train_loss": float(np.mean(state.epoch_losses)), "dev": dev,
-                 "seconds": elapsed, "samples_per_s": state.epoch_seen / elapsed}
-        state.history.append(entry)
-        log.record(entry)
-        improved = is_better(cfg.metric, dev[cfg.metric], state.best[cfg.metric])
-        log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
-                f"{' (best)' if improved else ''} [{elapsed:.0f}s]")
-        if improved:
-            state.best, state.best_epoch, state.since_best, best_pred = dev, epoch, 0, pred
-            save_best()
-        else:
-            state.since_best += 1
-        state.epoch, state.batches_done, state.epoch_losses, state.epoch_seen = epoch + 1, 0, [], 0
-        if cfg.patience and state.since_best >= cfg.patience and epoch < cfg.epochs:
-            state.finished = True
-            log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
-        save_checkpoint(accelerator, out, state, best_pred)
-    bar.close()
-
-    # -- summary ----------------------------------------------------------------------------------
-    best_full, _ = evaluate_predictions(best_pred, dev_pairs.scores, dev_pairs.groups, ci=True)
-    summary = {"best_epoch": state.best_epoch, "metric": cfg.metric, "dev": best_full, "history": state.history,
-               "params": counts, "train_seconds": time.time() - start,
-               "stopped_early": state.finished and state.epoch <= cfg.epochs,
-               "processes": accelerator.num_processes, "per_device_batch": per_device,
-               "effective_batch_size": effective}
-    accelerator.wait_for_everyone()
-    if main:
-        write_json(out / METRICS, summary)
-        if not cfg.keep_checkpoint:
-            remove_checkpoints(out)
-    accelerator.wait_for_everyone()
-    log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
-    log.say(f"run saved to {out}")
-    return TrainResult(summary, best_pred, unwrapped)
+        state.since_best += 1
+    state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_pairs = epoch + 1, 0, 0.0, 0
+    if cfg.patience and state.since_best >= cfg.patience and epoch < cfg.epochs:
+        state.finished = True
+        s.log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
+    save_checkpoint(s.accelerator, s.out, s.weights_dir, state, s.best_pred,
+                    (lambda folder: _write_weights(s, folder)) if improved else None)
 
 
-def resume(run_dir: str | Path) -> TrainResult:
-    """Continue a run from its last checkpoint, with the settings it was started with."""
+def _say_kernel(s: Session) -> None:
+    """Log each fused-kernel decision once (which path, and why), as the self-check makes it."""
+    for line in kernel_report(s.unwrapped)["decisions"]:
+        if line not in s.kernel_said:
+            s.kernel_said.add(line)
+            s.log.say(f"fused kernel: {line}")
+
+
+def _finish(s: Session, state: TrainerState, seconds: float) -> TrainResult:
+    best_full, _ = evaluate_predictions(s.best_pred, s.dev_pairs.scores, s.dev_pairs.groups, ci=True)
+    summary = {"best_epoch": state.best_epoch, "metric": s.cfg.metric, "dev": best_full, "history": state.history,
+               "train_seconds": seconds, "stopped_early": state.finished and state.epoch <= s.cfg.epochs,
+               **s.facts, "fused_kernel": kernel_report(s.unwrapped)}
+    s.accelerator.wait_for_everyone()
+    if s.main:
+        write_json(s.out / METRICS, summary)
+        if not s.cfg.keep_checkpoint:
+            remove_checkpoints(s.out)
+    s.accelerator.wait_for_everyone()
+    s.log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
+    s.log.say(f"run saved to {s.out}")
+    return TrainResult(summary, s.best_pred, s.unwrapped)
+
+
+def resume(run_dir: str | Path, trust_remote_code: bool = False) -> TrainResult:
+    """Continue a run from its last checkpoint, with the settings it was started with (code
+    execution only if the caller allows it: never because the run's own config asks)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise ToolkitError(f"{run_dir}: not a run directory (no {CONFIG})")
@@ -443,4 +621,5 @@ def resume(run_dir: str | Path) -> TrainResult:
         data = DataConfig.from_dict(config["data"])
     except (KeyError, TypeError) as e:
         raise ToolkitError(f"{run_dir / CONFIG}: cannot resume a run of another version ({e})") from None
+    model_cfg.trust_remote_code = caller_trust(run_dir / CONFIG, config["model"], trust_remote_code)
     return train(run_dir, data, model_cfg, cfg, resume=True)

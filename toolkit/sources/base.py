@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import BadInputError
+from ..errors import BadInputError, show_path
 from .options import SourceOptions
 from .records import RawChunk
 
@@ -38,9 +38,10 @@ class Reader(ABC):
 
     def where(self, loc: Optional[int] = None) -> str:
         """``FILE:LINE`` for text formats, ``FILE:row N`` for tables, ``FILE`` for the whole file."""
+        path = show_path(self.path)
         if loc is None:
-            return str(self.path)
-        return f"{self.path}:{loc}" if self.loc_kind == "line" else f"{self.path}:row {loc}"
+            return path
+        return f"{path}:{loc}" if self.loc_kind == "line" else f"{path}:row {loc}"
 
     def fail(self, message: str, loc: Optional[int] = None) -> BadInputError:
         return BadInputError(f"{self.where(loc)}: {message}")
@@ -48,9 +49,9 @@ class Reader(ABC):
 
 def require_file(path: Path) -> None:
     if not path.exists():
-        raise BadInputError(f"{path}: no such file")
+        raise BadInputError(f"{show_path(path)}: no such file")
     if path.is_dir():
-        raise BadInputError(f"{path}: is a folder, expected a pair file")
+        raise BadInputError(f"{show_path(path)}: is a folder, expected a pair file")
 
 
 def sniff_text(path: Path) -> bytes:
@@ -59,12 +60,13 @@ def sniff_text(path: Path) -> bytes:
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     body = head[len(UTF8_BOM):] if head.startswith(UTF8_BOM) else head
+    where = show_path(path)
     if not body.strip():
-        raise BadInputError(f"{path}: empty file")
+        raise BadInputError(f"{where}: empty file")
     if head.startswith(b"PAR1"):
-        raise BadInputError(f"{path}: this is a Parquet file; name it .parquet or pass --format parquet")
+        raise BadInputError(f"{where}: this is a Parquet file; name it .parquet or pass --format parquet")
     if head.startswith(b"SQLite format 3\x00"):
-        raise BadInputError(f"{path}: this is a SQLite database; name it .db or pass --format sqlite")
+        raise BadInputError(f"{where}: this is a SQLite database; name it .db or pass --format sqlite")
     if b"\x00" in head:
-        raise BadInputError(f"{path}: binary file (NUL bytes), not a text pair file")
+        raise BadInputError(f"{where}: binary file (NUL bytes), not a text pair file")
     return body

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import BadInputError
+from ..errors import BadInputError, escape, show, show_names
 from .base import Reader, sniff_text
 from .options import SourceOptions
 from .records import RawChunk
@@ -78,12 +78,12 @@ class DelimitedReader(Reader):
             try:
                 header = next(self._reader(f))
             except (csv.Error, StopIteration) as e:
-                raise self.fail(f"unreadable header: {e}", 1) from None
+                raise self.fail(f"unreadable header: {escape(str(e))}", 1) from None
         names = [h.strip() for h in header]
         seen = set()
         for name in names:
             if name in seen:
-                raise self.fail(f"duplicate column {name!r} in the header", 1)
+                raise self.fail(f"duplicate column {show(name, 40)} in the header", 1)
             seen.add(name)
         return names
 
@@ -92,7 +92,7 @@ class DelimitedReader(Reader):
         return self._names
 
     def missing_column_error(self, name: str) -> BadInputError:
-        return self.fail(f"no column {name!r} in the header (columns: {', '.join(self._names)})", 1)
+        return self.fail(f"no column {show(name, 40)} in the header (columns: {show_names(self._names)})", 1)
 
     def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
         index = [self._names.index(c) for c in needed]
@@ -134,7 +134,7 @@ class DelimitedReader(Reader):
         if error is not None:
             hint = "" if self.quoting == csv.QUOTE_NONE else \
                 " (an unbalanced quote? --quoting none reads quotes as text)"
-            return f"malformed {'TSV' if self.delimiter == chr(9) else 'CSV'}: {error}{hint}"
+            return f"malformed {'TSV' if self.delimiter == chr(9) else 'CSV'}: {escape(error)}{hint}"
         if self.layout == "stsb":
             if len(record) < len(STSB_FIELDS):
                 return f"too few fields: {len(record)}, the STS-B layout has {len(STSB_FIELDS)}"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Optional
 
+from ..errors import show, show_names
 from .base import UTF8_BOM, Reader, sniff_text
 from .options import SourceOptions
 from .records import RawChunk
@@ -60,6 +61,5 @@ class JsonlReader(Reader):
             return None, f"expected a JSON object, got {type(obj).__name__}"
         for c in needed:
             if c not in obj:
-                fields = ", ".join(list(obj)[:8])
-                return None, f"missing field {c!r} (fields: {fields})"
+                return None, f"missing field {show(c, 40)} (fields: {show_names(obj, most=8)})"
         return obj, None

@@ -7,6 +7,7 @@ from typing import Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import first_line
 from .base import Reader, require_file
 from .options import SourceOptions
 from .records import RawChunk
@@ -24,7 +25,7 @@ class ParquetReader(Reader):
         try:
             self.file = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as e:
-            raise self.fail(f"not a readable Parquet file ({_first_line(e)})") from None
+            raise self.fail(f"not a readable Parquet file ({first_line(e)})") from None
 
     @property
     def names(self) -> Optional[list[str]]:
@@ -38,15 +39,26 @@ class ParquetReader(Reader):
             for batch in self.file.iter_batches(batch_size=chunk_size, columns=needed):
                 n = batch.num_rows
                 chunk = RawChunk(
-                    columns={c: batch.column(c).to_pylist() for c in needed},
+                    columns={c: _values(batch.column(c)) for c in needed},
                     locs=list(range(row + 1, row + n + 1)),
                 )
                 chunk.rows = chunk.locs
                 row += n
                 yield chunk
         except (pa.ArrowException, OSError) as e:
-            raise self.fail(f"unreadable after row {row} ({_first_line(e)})") from None
+            raise self.fail(f"unreadable after row {row} ({first_line(e)})") from None
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _values(column: pa.Array) -> list:
+    """Python values of a column. A string column holding bytes that are not UTF-8 (Parquet does not
+    check) gives text with those bytes kept as lone surrogates (surrogateescape, as the text formats
+    do), reported on their row instead of failing the read."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+        return [None if v is None else v.decode("utf-8", "surrogateescape") for v in column.view(binary).to_pylist()]

@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, show, show_names, show_path
 from .base import Reader
 from .delimited import DelimitedReader
 from .jsonl import JsonlReader
@@ -30,13 +30,13 @@ EXAMPLES_KEPT = {"fail": 1, "skip": 5, "collect": 10_000}
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt not in FORMATS:
-        raise BadInputError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS[1:])})")
+        raise BadInputError(f"unknown format {show(fmt, 30)} (formats: {', '.join(FORMATS[1:])})")
     if fmt != "auto":
         return fmt
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
         raise BadInputError(
-            f"{path}: cannot tell the format from the extension {path.suffix or '(none)'!r}; "
+            f"{show_path(path)}: cannot tell the format from the extension {show(path.suffix or '(none)', 30)}; "
             f"pass --format {'|'.join(FORMATS[1:])}")
     return found
 
@@ -102,7 +102,7 @@ class PairSource:
                 if name not in names:
                     if isinstance(self.reader, DelimitedReader):
                         raise self.reader.missing_column_error(name)
-                    raise self.reader.fail(f"no column {name!r} (columns: {', '.join(names)})")
+                    raise self.reader.fail(f"no column {show(name, 40)} (columns: {show_names(names)})")
         self.report = SourceReport(str(self.path))
         self._used = False
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import quote
 
+from ..errors import first_line, show, show_names
 from .base import Reader, require_file
 from .options import SourceOptions
 from .records import RawChunk
@@ -32,7 +33,7 @@ class SqliteReader(Reader):
             tables = [r[0] for r in self.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
         except sqlite3.DatabaseError as e:
-            raise self.fail(f"not a readable SQLite database ({e})") from None
+            raise self.fail(f"not a readable SQLite database ({first_line(e)})") from None
         if options.query:
             self.sql = options.query
             self.description = "SQLite query"
@@ -40,16 +41,16 @@ class SqliteReader(Reader):
             table = options.table
             if table is None:
                 if len(tables) != 1:
-                    raise self.fail(f"pass --table NAME or --query SQL (tables: {', '.join(tables) or 'none'})")
+                    raise self.fail(f"pass --table NAME or --query SQL (tables: {show_names(tables) or 'none'})")
                 table = tables[0]
             elif table not in tables:
-                raise self.fail(f"no table {table!r} (tables: {', '.join(tables) or 'none'})")
+                raise self.fail(f"no table {show(table, 40)} (tables: {show_names(tables) or 'none'})")
             self.sql = f"SELECT * FROM {_quote_ident(table)}"
-            self.description = f"SQLite table {table!r}"
+            self.description = f"SQLite table {show(table, 40)}"
         try:
             self.cursor = self.conn.execute(self.sql)
         except sqlite3.Error as e:
-            raise self.fail(f"query failed: {e}") from None
+            raise self.fail(f"query failed: {first_line(e)}") from None
         if self.cursor.description is None:
             raise self.fail("the query returns no rows (not a SELECT?)")
         self._names = [d[0] for d in self.cursor.description]
@@ -74,7 +75,7 @@ class SqliteReader(Reader):
                 row += len(records)
                 yield chunk
         except sqlite3.Error as e:
-            raise self.fail(f"read failed after row {row}: {e}") from None
+            raise self.fail(f"read failed after row {row}: {first_line(e)}") from None
         finally:
             self.conn.close()
         if row == 0:

@@ -1,0 +1,34 @@
+"""The README's main job, every stage, in an environment with only the base install: no DeepSpeed,
+Ray, Triton, optimum or test tools. A core path that imports an optional extra fails here.
+
+The environment is a real one: ``.venv-base`` beside ``.venv``, made by ``.ci/setup`` with BASE=1
+(minutes the first time, kept between runs); the job is ``launch/stsb.sh`` with SMOKE=1."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / ".venv-base"
+OPTIONAL = ("deepspeed", "ray", "triton", "optimum", "hypothesis", "pytest")
+
+
+def test_main_job_runs_with_the_base_install_alone(tmp_path):
+    env = {**os.environ, "VENV": str(VENV), "BASE": "1", "SMOKE": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    run = tmp_path / "run"
+    proc = subprocess.run(["bash", "launch/stsb.sh", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    found = subprocess.run([str(VENV / "bin" / "python"), "-c", "import importlib.util as u, json; print(json.dumps("
+                            f"[m for m in {OPTIONAL!r} if u.find_spec(m)]))"], capture_output=True, text=True)
+    assert json.loads(found.stdout) == [], "the base environment holds an optional extra"
+    assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (0, 1)
+    assert json.loads((run / "test_metrics.json").read_text())["n"] == 200  # SMOKE: the first 200 test pairs
+    assert json.loads((Path(f"{run}-onnx-int8") / "test_metrics.json").read_text())["n"] == 200
+    assert pq.read_metadata(f"{run}-test-scores.parquet").num_rows == 200
+    assert json.loads((Path(f"{run}-wise") / "config.json").read_text())["wise"]["alpha"] in (0.0, 0.5, 1.0)
