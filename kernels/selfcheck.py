@@ -82,9 +82,9 @@ def _inputs(call: CallClass) -> list[torch.Tensor]:
 
 
 def _check(call: CallClass) -> Verdict:
-    x, residual, *weights, dy = _inputs(call)
     names = ("y", "dx", "dW_down", "db_down", "dW_up", "db_up")
     try:
+        x, residual, *weights, dy = _inputs(call)
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(call.device.split(":")[0],
                                                                                 enabled=False):
             leaves = [t.clone().requires_grad_() for t in (x, *weights)]

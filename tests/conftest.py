@@ -85,3 +85,20 @@ def small_stsb(tmp_path_factory, stsb_dir) -> dict[str, Path]:
     return {"train": write_stsb_slice(root / "train.csv", "train", 240),
             "dev": write_stsb_slice(root / "dev.csv", "dev", 120),
             "test": write_stsb_slice(root / "test.csv", "test", 80)}
+
+
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
+    """A bi-encoder (seq_bn) trained one epoch on 48 pairs, and its fp32 bundle: what the scoring
+    tests (local and Ray engines) score with."""
+    from toolkit.export import ExportConfig, export_onnx
+    from toolkit.model import ModelConfig
+    from toolkit.sources import SourceOptions
+    from toolkit.train import DataConfig, TrainConfig, train
+
+    root = tmp_path_factory.mktemp("small_models")
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=None))
+    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
+                log=lambda line: None)
+    return {"run": root / "run", "bundle": root / "bundle"}

@@ -141,7 +141,8 @@ def test_cross_encoder_exports_from_run_and_from_merged_dir(tmp_path, runs, smal
         assert meta["arch"] == "cross" and meta["output_kind"] == "normalized_score"
         pred = Bundle.load(out, threads=2).predict(dev.s1, dev.s2)
         assert np.max(np.abs(pred - reference)) <= 1e-4
-    assert json.loads((cross_exports["bundle-merged"] / "metadata.json").read_text())["merged_from"]["adapter"] == "lora"
+    merged_meta = json.loads((cross_exports["bundle-merged"] / "metadata.json").read_text())
+    assert merged_meta["merged_from"]["adapter"] == "lora"
     config, _, _ = load_merged(merged)
     assert config["kind"] == "merged"
 
@@ -236,8 +237,9 @@ def test_every_command_takes_a_run_a_merged_folder_and_a_bundle(tmp_path, runs, 
     want = load_run(run).predictor(device="cpu").predict(dev_pairs.s1, dev_pairs.s2)
     capsys.readouterr()
     for kind, path in kinds.items():
-        assert main(["eval", str(path), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / f"{kind}.json")]) == 0
-        metrics = json.loads((tmp_path / f"{kind}.json").read_text())
+        json_path = tmp_path / f"{kind}.json"
+        assert main(["eval", str(path), "--data", str(small_stsb["dev"]), "--json", str(json_path)]) == 0
+        metrics = json.loads(json_path.read_text())
         assert metrics["n"] == len(want)
         assert main(["predict", str(path), dev_pairs.s1[3], dev_pairs.s2[3]]) == 0
         out = capsys.readouterr()

@@ -4,8 +4,8 @@ uninterrupted run, and against the bundle scoring all pairs in one call)."""
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -20,24 +20,16 @@ import pytest
 from conftest import stsb_rows
 from toolkit.bundle import Bundle
 from toolkit.errors import ToolkitError
-from toolkit.export import ExportConfig, export_onnx
-from toolkit.model import ModelConfig
 from toolkit.run import load_run
 from toolkit.score import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
-from toolkit.train import DataConfig, TrainConfig, train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, small_stsb) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("score_models")
-    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
-    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=None))
-    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
-                log=lambda line: None)
-    return {"run": root / "run", "bundle": root / "bundle"}
+def models(small_models) -> dict[str, Path]:
+    return small_models
 
 
 @pytest.fixture(scope="module")

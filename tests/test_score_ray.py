@@ -16,11 +16,8 @@ import pytest
 
 from conftest import stsb_rows
 from toolkit.errors import ToolkitError
-from toolkit.export import ExportConfig, export_onnx
-from toolkit.model import ModelConfig
 from toolkit.score import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
-from toolkit.train import DataConfig, TrainConfig, train
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 NO_RAY = Path(__file__).resolve().parent / "no_ray"
@@ -34,13 +31,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, small_stsb) -> Path:
-    root = tmp_path_factory.mktemp("ray_model")
-    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
-    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=None))
-    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
-                log=lambda line: None)
-    return root / "bundle"
+def bundle(small_models) -> Path:
+    return small_models["bundle"]
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:

@@ -99,8 +99,8 @@ def open_source(folder: str | Path) -> Source:
         raise ToolkitError(f"{folder}: neither a run directory nor a merged model (no {CONFIG})")
     if is_merged(folder):
         merged = load_merged_run(folder)
-        return Source(folder, merged.config, GraphModule(merged.scorer), merged.tokens.tokenizer, merged.labels,
-                      merged.predictor(batch_size=64, device="cpu").predict, merged.scorer.plain.config)
+        return Source(folder, merged.config, GraphModule(merged.model), merged.tokens.tokenizer, merged.labels,
+                      merged.predictor(batch_size=64, device="cpu").predict, merged.model.plain.config)
     run = load_run(folder, fused_kernel="off")  # the graph holds plain ops, never a Triton kernel
     model = run.model.eval()
     config = dict(run.config)

@@ -36,7 +36,7 @@ def kind_of(path: str | Path) -> str:
 
 def load_model(path: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto",
                provider: str = "auto", threads: Optional[int] = None):
-    """A ``Run``, a ``MergedRun`` or a ``Bundle``, ready to predict."""
+    """A ``Run`` (a run directory, or a merged folder as one) or a ``Bundle``, ready to predict."""
     kind = kind_of(path)
     if kind == "bundle":
         from .bundle import Bundle

@@ -9,10 +9,8 @@ Bottleneck adapters add layers and cannot be folded; ``toolkit export`` puts the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
 
 import torch
 from torch import nn
@@ -22,8 +20,7 @@ from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json
 from .labels import LabelScale
 from .model import NAME, PairRegressor, mean_pool
-from .predict import Predictor
-from .run import CONFIG, METRICS, load_run
+from .run import CONFIG, METRICS, Run, load_run
 
 MERGED_MODEL = "model"
 FOLDABLE = ("lora", "ia3", "none")
@@ -143,32 +140,12 @@ class MergedScorer(nn.Module):
         return out.logits[:, 0].float()
 
 
-@dataclass
-class MergedRun:
-    """A merged folder, loaded: what eval, predict and score need of a run (``Run``'s calls)."""
-
-    folder: Path
-    config: dict
-    scorer: MergedScorer
-    tokens: PairTokenizer
-    labels: LabelScale
-
-    def predictor(self, batch_size: int = 128, device: Optional[str] = None) -> Predictor:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.scorer.to(device)
-        return Predictor(self.scorer, self.tokens, self.labels, batch_size=batch_size, device=device)
-
-    @property
-    def score_range(self) -> Optional[tuple[float, float]]:
-        rng = self.config.get("resolved", {}).get("score_range")
-        return tuple(rng) if rng else None
-
-
-def load_merged_run(folder: str | Path) -> MergedRun:
+def load_merged_run(folder: str | Path) -> Run:
+    """A merged folder as a ``Run`` (its model a ``MergedScorer``): eval, predict and score take it."""
     folder = Path(folder)
     config, scorer, tokenizer = load_merged(folder)
     tokens = PairTokenizer(tokenizer, config["model"]["arch"], config["model"]["max_length"])
-    return MergedRun(folder, config, scorer, tokens, LabelScale.from_dict(config["labels"]))
+    return Run(folder, config, scorer, tokens, LabelScale.from_dict(config["labels"]))
 
 
 def load_merged(folder: str | Path) -> tuple[dict, MergedScorer, object]:

@@ -46,7 +46,8 @@ def write_config(folder: Path, model_cfg: ModelConfig, labels: LabelScale, base:
 
 @dataclass
 class Run:
-    """A trained run, loaded: model (eval mode), tokenizer, label scale and its saved config."""
+    """A trained run, loaded: model (eval mode), tokenizer, label scale and its saved config. A merged
+    folder loads as one too, its model a ``merge.MergedScorer`` (the same calls)."""
 
     folder: Path
     config: dict

@@ -94,7 +94,7 @@ class Scorer:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        model = load_model(model_path, provider=cfg.provider, threads=cfg.threads)  # runs: the fused kernel where CUDA is
+        model = load_model(model_path, provider=cfg.provider, threads=cfg.threads)  # runs: fused kernel on CUDA
         self.predictor = model.predictor(batch_size=cfg.batch_size)
         self.bundle = model if kind == "bundle" else None
         self.backend = model.describe() if kind == "bundle" else f"pytorch ({self.predictor.device})"
@@ -224,7 +224,8 @@ def _open_manifest(job: "_Job", identity: dict, restart: bool) -> dict:
         if manifest["removing"].startswith("*"):
             for other in job.parts_dir.glob(f"shard-*-{MANIFEST}"):
                 other.unlink()
-        _remove_parts(job.parts_dir, manifest.pop("removing"), keep=frozenset(p["file"] for p in manifest["parts"].values()))
+        recorded = frozenset(p["file"] for p in manifest["parts"].values())
+        _remove_parts(job.parts_dir, manifest.pop("removing"), keep=recorded)
         write_json(job.manifest, manifest)
     return manifest
 

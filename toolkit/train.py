@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
-from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
 from .compare import differences, summarize
+from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
@@ -368,8 +368,9 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     effective = per_device * accelerator.num_processes * cfg.grad_accum
     facts = {"params": counts, "processes": accelerator.num_processes, "per_device_batch": per_device,
              "effective_batch_size": effective}
+    base = base_reference(model_cfg)
     if main and fresh:
-        write_config(out, model_cfg, labels, base_reference(model_cfg), train=sections["train"],
+        write_config(out, model_cfg, labels, base, train=sections["train"],
                      data=sections["data"],
                      resolved={"score_range": train_src.score_range, "columns": dataclasses.asdict(train_src.columns),
                                "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
@@ -384,7 +385,7 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     optimizer, scheduler, steps_per_epoch = _optimiser(model, model_cfg, cfg, accelerator, per_device, len(loader))
     prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(prepared)
-    log.say(f"model {base_reference(model_cfg)['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
+    log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
     log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
             f"(score = {labels.offset:g} + {labels.scale:g} * y)")
@@ -395,7 +396,8 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}{zero}, "
             f"device {accelerator.device}, precision {precision}")
     log.say(f"batch {per_device} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
-            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; lr {cfg.resolved_lr(model_cfg.adapter):g}")
+            f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; "
+            f"lr {cfg.resolved_lr(model_cfg.adapter):g}")
     predictor = Predictor(unwrapped, tokens, labels, cfg.eval_batch_size, accelerator.device, accelerator)
     return Session(out, cfg, model_cfg, accelerator, prepared, unwrapped, optimizer, scheduler, loader, sampler,
                    dev_pairs, predictor, log, facts)
