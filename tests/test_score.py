@@ -197,6 +197,20 @@ def _crash_seed() -> int:
     return int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(2 ** 32))
 
 
+def _scoring_plan(rng: random.Random, parts: int, runs: int, most: int) -> list[str]:
+    """``runs`` random scoring crash points, each reachable: a run killed at the k-th part written or
+    renamed leaves k-1 parts done, one killed after the k-th manifest update leaves k; a part is
+    always left for the next run to reach."""
+    plan, left = [], parts
+    for _ in range(runs):
+        point, k = rng.choice(SCORING_POINTS), rng.randint(1, min(most, left))
+        if point == "score.manifest-updated" and k == left:
+            point = rng.choice(SCORING_POINTS[:2])
+        left -= k if point == "score.manifest-updated" else k - 1
+        plan.append(f"{point}:{k}")
+    return plan
+
+
 def _kill_chain(cmd: list[str], plan: list[str], seed: int) -> subprocess.CompletedProcess:
     """Run ``cmd`` once per crash point (each run must die there), then once to the end."""
     for point in plan:
@@ -229,7 +243,7 @@ def test_sigkill_at_random_steps_then_rerun_gives_the_uninterrupted_output_byte_
     assert ref.returncode == 0, ref.stderr[-2000:]
     seed = _crash_seed()
     rng = random.Random(seed)
-    plan = [f"{rng.choice(SCORING_POINTS)}:{rng.randint(1, 2)}" for _ in range(4)]  # at most 8 of 12 parts
+    plan = _scoring_plan(rng, parts=12, runs=4, most=3)
     plan += [f"score.assemble.part:{rng.randint(1, 12)}", "score.output-renamed:1", "score.manifest-complete:1",
              f"score.cleanup.part:{rng.randint(1, 12)}"]  # the final assembly, and between manifest and cleanup
     out = tmp_path / "out" / out_name
@@ -245,7 +259,7 @@ def test_sigkill_at_random_steps_of_a_shard_then_rerun_gives_the_same_shard(tmp_
     assert ref.returncode == 0, ref.stderr[-2000:]
     seed = _crash_seed()
     rng = random.Random(seed)
-    plan = [f"{rng.choice(SCORING_POINTS)}:1" for _ in range(7)] + ["score.manifest-complete:1"]  # 4 parts in all
+    plan = _scoring_plan(rng, parts=4, runs=7, most=2) + ["score.manifest-complete:1"]
     out = tmp_path / "out"
     _kill_chain(_cmd(models["bundle"], small_pairs, f"{out}/", "--shard", "1/3"), plan, seed)
     assert _folder_bytes(out) == _folder_bytes(tmp_path / "ref"), f"CRASH_SEED={seed} plan {plan}"
@@ -274,7 +288,7 @@ def test_restart_removes_every_earlier_part_even_when_killed_midway(tmp_path, mo
     for point in plan:
         proc = subprocess.run(restart, env={**ENV, "TOOLKIT_CRASH_AT": point}, capture_output=True, text=True)
         assert proc.returncode == -signal.SIGKILL, f"CRASH_SEED={seed}: {point} not reached {proc.stderr[-800:]}"
-    scoring = [f"{rng.choice(SCORING_POINTS)}:{rng.randint(1, 3)}" for _ in range(6)]
+    scoring = _scoring_plan(rng, parts=12, runs=6, most=3)
     _kill_chain(_cmd(models["bundle"], small_pairs, f"{out}/"), scoring, seed)  # the rerun resumes the restart
     assert _folder_bytes(out) == _folder_bytes(tmp_path / "ref"), f"CRASH_SEED={seed} plan {plan + scoring}"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
