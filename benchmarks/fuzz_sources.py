@@ -81,7 +81,7 @@ def main() -> None:
     seconds = time.time() - start
 
     formats = sorted({f for f, _ in counts})
-    print(f"| format | cases | pairs | problems reported | one-line error | defects |")
+    print("| format | cases | pairs | problems reported | one-line error | defects |")
     print("|---|---:|---:|---:|---:|---:|")
     for fmt in formats + ["all"]:
         row = {r: sum(n for (f, rr), n in counts.items() if rr == r and fmt in (f, "all"))

@@ -4,6 +4,7 @@ without torch, and tampered bundles."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -95,9 +96,9 @@ def test_merge_refuses_bottleneck_adapters(tmp_path, runs):
     assert not (tmp_path / "m").exists()
 
 
-def _export(src, out, small_stsb, **kw) -> dict:
+def _export(src, out, small_stsb, log=lambda line: None, **kw) -> dict:
     cfg = ExportConfig(verify_data=str(small_stsb["dev"]), threads=2, **kw)
-    return export_onnx(src, out, cfg, log=lambda line: None)
+    return export_onnx(src, out, cfg, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def bundle_dir(tmp_path_factory, runs, small_stsb) -> Path:
     return out
 
 
-def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle_dir):
+def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle_dir, capfd, caplog):
     reference = load_run(runs["bi-seq_bn"], fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
     meta = json.loads((bundle_dir / "metadata.json").read_text())  # the fp32 export of this run
     assert meta["verification"]["max_abs_diff"] <= 1e-4 and meta["arch"] == "bi"
@@ -117,7 +118,18 @@ def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle
     assert np.max(np.abs(bundle.predict(dev.s1, dev.s2) - reference)) <= 1e-4  # all 120 pairs, not the gate's sample
 
     for variant, kw in (("int8", {"quantize": "int8"}), ("fp16", {"fp16": True})):
-        meta = _export(runs["bi-seq_bn"], tmp_path / variant, small_stsb, **kw)
+        capfd.readouterr()
+        caplog.clear()
+        lines: list[str] = []
+        meta = _export(runs["bi-seq_bn"], tmp_path / variant, small_stsb, log=lines.append, **kw)
+        printed = capfd.readouterr()
+        assert printed.out + printed.err == "", "the libraries' own chatter reached the console"
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert lines[0].endswith(f"to ONNX ({variant}) ...") and lines[-1].startswith(f"bundle written to {tmp_path}")
+        assert f"{tmp_path / variant}: model.onnx " in lines[-1] and " MiB, tokenizer.json " in lines[-1]
+        assert any(line.startswith("verified on CPUExecutionProvider, 120 pairs of dev.csv: Spearman ")
+                   for line in lines), lines
+        assert len(lines) <= 5
         figures = meta["verification"]
         assert figures["variant"] == variant and figures["spearman_drop"] <= 0.3
         pred = Bundle.load(tmp_path / variant, threads=2).predict(dev.s1, dev.s2)
@@ -275,3 +287,37 @@ def test_providers_are_chosen_explicitly():
         choose_providers("int8", "cuda", [CUDA, CPU])
     with pytest.raises(ToolkitError, match="no CUDA provider"):
         choose_providers("fp32", "cuda", [CPU])
+
+
+def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, runs, cross_exports, dev, capsys):
+    """sentence-transformers 5.x (the last line that runs beside transformers 4.57.6, which adapters
+    1.3.0 pins) loads both kinds of folder: equal embeddings and scores."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from toolkit.cli import main
+    from toolkit.st_folders import export_sentence_transformers
+
+    bi = load_run(runs["bi-ia3"], fused_kernel="off").predictor(device="cpu")
+    st_dir = export_sentence_transformers(runs["bi-ia3"], tmp_path / "st-bi", log=lambda line: None)
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    texts = list(dict.fromkeys([*dev.s1, *dev.s2]))
+    np.testing.assert_allclose(st.encode(texts, batch_size=16), bi.embed(texts), atol=1e-5)
+    labels = json.loads((st_dir / "toolkit.json").read_text())["labels"]
+    cosine = st.similarity_pairwise(st.encode(dev.s1), st.encode(dev.s2)).numpy()
+    np.testing.assert_allclose(labels["offset"] + labels["scale"] * cosine, bi.predict(dev.s1, dev.s2), atol=1e-4)
+
+    want = load_run(runs["cross-lora"], fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
+    for src in (runs["cross-lora"], cross_exports["merged"]):  # a run, and a merged folder through the CLI
+        out = tmp_path / f"st-{src.name}"
+        if src == runs["cross-lora"]:
+            export_sentence_transformers(src, out, log=lambda line: None)
+        else:
+            assert main(["export", str(src), "--sentence-transformers", "--out", str(out)]) == 0
+            assert f"load it with CrossEncoder('{out}')" in capsys.readouterr().err
+        got = CrossEncoder(str(out), device="cpu").predict(list(zip(dev.s1, dev.s2)), batch_size=16)
+        np.testing.assert_allclose(got, want, atol=1e-4)  # on the user's scale: the label scale is folded in
+
+    with pytest.raises(ToolkitError, match="seq_bn adapters add layers and cannot be folded"):
+        export_sentence_transformers(runs["bi-seq_bn"], tmp_path / "no")
+    assert not (tmp_path / "no").exists()
+    assert main(["export", str(runs["bi-ia3"]), "--onnx", "--sentence-transformers", "--out", str(tmp_path / "x")]) == 2

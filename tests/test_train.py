@@ -85,3 +85,45 @@ def test_bf16_on_cpu(tmp_path, small_stsb, monkeypatch):
     monkeypatch.setattr(toolkit.distributed, "cpu_has_bf16", lambda: False)  # a CPU without it
     with pytest.raises(ToolkitError, match="bf16 asked, but this CPU has no bf16 support"):
         run_train(tmp_path / "c", small_stsb, limit=16, precision="bf16")
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the TensorBoard event files under ``folder``, read from the TFRecord framing
+    (u64 length, u32 crc, Event proto, u32 crc) with the Event proto tensorboardX ships."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_log_with_tensorboard_writes_loss_lr_and_every_dev_metric(tmp_path, small_stsb):
+    pytest.importorskip("tensorboardX", reason="the tracking extra is not installed")
+    out = tmp_path / "tb"
+    run_train(out, small_stsb, limit=48, epochs=2, batch_size=8, log_steps=2, patience=None, log_with="tensorboard")
+    scalars = _tensorboard_scalars(out / "trackers")
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s for s, _ in scalars["train/loss"]] == [e["step"] for e in steps]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [e["loss"] for e in steps], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars["train/lr"]], [e["lr"] for e in steps], rtol=1e-6)
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    for metric in ("spearman", "pearson", "mse", "rmse", "mae"):
+        got = [v for _, v in scalars[f"dev/{metric}"]]
+        np.testing.assert_allclose(got, [h["dev"][metric] for h in history], rtol=1e-6)  # epochs 0 (zero-shot), 1, 2
+
+
+def test_log_with_an_unknown_or_missing_tracker_is_refused(tmp_path, small_stsb):
+    with pytest.raises(ToolkitError, match=r"--log-with tensorbord: not a tracker accelerate knows; choose one of .*"
+                                           r"tensorboard"):
+        run_train(tmp_path / "x", small_stsb, limit=16, epochs=1, log_with="tensorbord")
+    assert not (tmp_path / "x").exists()

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import ToolkitError, first_line
+from .scorer import PairScorer, map_batches
 
 FORMAT = "toolkit-onnx-bundle"
 METADATA = "metadata.json"
@@ -53,19 +54,46 @@ def choose_providers(variant: str, provider: str, available: Sequence[str]) -> l
     return [CUDA, CPU] if variant != "int8" and CUDA in available else [CPU]
 
 
-class Bundle:
-    """A verified bundle, ready to score pairs (``predict``) on ONNX Runtime."""
+class OnnxEngine:
+    """Tokenises with ``tokenizers`` alone; runs one padded batch through the ONNX Runtime session."""
+
+    def __init__(self, session, tokenizer, metadata: dict):
+        self.session = session
+        self.tokenizer = tokenizer
+        self.arch = metadata["arch"]
+        self.input_names = list(metadata["inputs"])
+        self.output = metadata["output"]
+        self.pad_id = int(metadata.get("pad_id") or 0)
+
+    def tokenize(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list:
+        return self.tokenizer.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
+
+    def forward(self, batch: list) -> np.ndarray:
+        width = max(len(e.ids) for e in batch)
+        feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self.input_names}
+        feeds["input_ids"].fill(self.pad_id)
+        for row, e in enumerate(batch):
+            n = len(e.ids)
+            feeds["input_ids"][row, :n] = e.ids
+            feeds["attention_mask"][row, :n] = e.attention_mask
+            if "token_type_ids" in feeds:
+                feeds["token_type_ids"][row, :n] = e.type_ids
+        out = self.session.run([self.output], feeds)[0]
+        return out.reshape(len(batch), -1).astype(np.float32)
+
+    map_batches = staticmethod(map_batches)
+
+
+class Bundle(PairScorer):
+    """A verified bundle on the one scoring path (``predict``, ``encode``/``score_encoded``)."""
 
     def __init__(self, folder: Path, metadata: dict, session, tokenizer):
+        labels = metadata["labels"]
+        super().__init__(OnnxEngine(session, tokenizer, metadata), labels["offset"], labels["scale"], batch_size=64)
         self.folder = folder
         self.metadata = metadata
         self.session = session
         self.tokenizer = tokenizer
-        self.arch = metadata["arch"]
-        labels = metadata["labels"]
-        self.offset, self.scale = float(labels["offset"]), float(labels["scale"])
-        self.input_names = list(metadata["inputs"])
-        self.batch_size = 64
 
     @classmethod
     def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto") -> "Bundle":
@@ -135,58 +163,3 @@ class Bundle:
         """The bundle scores itself; ``device`` is chosen by its providers at load."""
         self.batch_size = batch_size
         return self
-
-    # -- scoring -------------------------------------------------------------------------------------
-    def predict(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True, sort: bool = True) -> np.ndarray:
-        """Scores on the user's scale, in input order. A bi-encoder embeds each distinct sentence
-        once (``dedupe``); batches group similar lengths (``sort``). Both only save work."""
-        return self.score_encoded(self.encode(s1, s2, dedupe), sort)
-
-    def encode(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True) -> tuple:
-        """Tokenise (the half of ``predict`` a reader thread can do while the graph runs)."""
-        if len(s1) != len(s2):
-            raise ValueError("s1 and s2 differ in length")
-        if self.arch == "cross":
-            return ("cross", self.tokenizer.encode_batch(list(zip(s1, s2))), None, None)
-        if not dedupe:
-            n = len(s1)
-            return ("bi", self.tokenizer.encode_batch([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
-        unique = list(dict.fromkeys([*s1, *s2]))
-        where = {s: i for i, s in enumerate(unique)}
-        return ("bi", self.tokenizer.encode_batch(unique), np.array([where[s] for s in s1], dtype=np.int64),
-                np.array([where[s] for s in s2], dtype=np.int64))
-
-    def score_encoded(self, encoded: tuple, sort: bool = True) -> np.ndarray:
-        kind, encodings, first, second = encoded
-        if not encodings:
-            return np.zeros(0)
-        if kind == "cross":
-            y = self._run(encodings, sort)[:, 0]
-        else:
-            emb = self._run(encodings, sort)
-            a, b = emb[first].astype(np.float64), emb[second].astype(np.float64)
-            y = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
-        return self.offset + self.scale * np.asarray(y, dtype=np.float64)
-
-    def _run(self, encodings, sort: bool = True) -> np.ndarray:
-        """The graph over padded (length-sorted) batches; rows back in input order."""
-        batch_size = self.batch_size
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable") if sort else np.arange(len(encodings))
-        outputs = []
-        for start in range(0, len(order), batch_size):
-            batch = [encodings[i] for i in order[start:start + batch_size]]
-            width = max(len(e.ids) for e in batch)
-            feeds = {name: np.zeros((len(batch), width), dtype=np.int64) for name in self.input_names}
-            feeds["input_ids"].fill(int(self.metadata.get("pad_id", 0)))
-            for row, e in enumerate(batch):
-                n = len(e.ids)
-                feeds["input_ids"][row, :n] = e.ids
-                feeds["attention_mask"][row, :n] = e.attention_mask
-                if "token_type_ids" in feeds:
-                    feeds["token_type_ids"][row, :n] = e.type_ids
-            out = self.session.run([self.metadata["output"]], feeds)[0]
-            outputs.append(out.reshape(len(batch), -1).astype(np.float32))
-        rows = np.concatenate(outputs)
-        result = np.empty_like(rows)
-        result[order] = rows
-        return result

@@ -86,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, group_by_length=not args.no_group_by_length,
                       patience=args.patience if args.patience > 0 else None, metric=args.metric,
                       normalize=args.normalize, save_steps=args.save_steps, keep_checkpoint=args.keep_checkpoint,
-                      eval_batch_size=args.eval_batch_size, head_init=args.head_init, log_steps=args.log_steps)
+                      eval_batch_size=args.eval_batch_size, head_init=args.head_init, log_steps=args.log_steps,
+                      log_with=args.log_with)
     data = DataConfig(train_path, dev_path, source_options(args), dev_table=args.dev_table, dev_query=args.dev_query)
     train(args.out, data, model_cfg, cfg, overwrite=args.overwrite, resume_if_exists=args.resume_if_exists)
     return 0
@@ -180,8 +181,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportConfig, export_onnx
 
-    if not args.onnx:
-        raise ToolkitError("export: name the format: --onnx (the only one so far)")
+    if args.onnx == args.sentence_transformers:
+        raise ToolkitError("export: name one format: --onnx or --sentence-transformers")
+    if args.sentence_transformers:
+        from .st_folders import export_sentence_transformers
+
+        export_sentence_transformers(args.run, args.out, overwrite=args.overwrite,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+        return 0
     cfg = ExportConfig(fp16=args.fp16, quantize=args.quantize, opset=args.opset, verify_data=args.verify_data,
                        verify_pairs=args.verify_pairs, threads=args.threads, provider=args.provider)
     export_onnx(args.run, args.out, cfg, overwrite=args.overwrite,
@@ -259,10 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("export", help="export a run or merged model to a verified ONNX bundle")
+    p = sub.add_parser("export", help="export a run or merged model to a verified ONNX bundle or a "
+                       "sentence-transformers folder")
     p.add_argument("run", help="run directory or merged model directory")
     p.add_argument("--onnx", action="store_true", help="ONNX + ONNX Runtime bundle")
-    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--sentence-transformers", action="store_true",
+                   help="a folder SentenceTransformer(path) (bi) or CrossEncoder(path) (cross) loads; LoRA/IA3 runs")
+    p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--fp16", action="store_true", help="fp16 weights and activations (for GPUs)")
     p.add_argument("--quantize", choices=("int8",), help="int8 dynamic quantisation (for CPUs)")
     p.add_argument("--opset", type=int, default=18)
@@ -393,6 +403,8 @@ def add_train_args(p: argparse.ArgumentParser, archs, adapters, metrics) -> None
     g.add_argument("--keep-checkpoint", action="store_true", help="keep the resumable checkpoint after the run")
     g.add_argument("--log-steps", type=int, default=10,
                    help="log the training loss (mean over processes) every N optimiser steps (default: %(default)s)")
+    g.add_argument("--log-with", help="also log loss, learning rate and dev metrics to an accelerate tracker: "
+                   "tensorboard (event files under RUN/trackers/; the 'tracking' extra), wandb, mlflow, ...")
     g.add_argument("--head-init", default="random", choices=("random", "lp"),
                    help="cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); "
                    "`toolkit wise` needs it (default: %(default)s)")

@@ -75,8 +75,10 @@ def deepspeed_config_file() -> Optional[dict]:
     return config
 
 
-def make_accelerator(precision: str, grad_accum: int):
-    """An Accelerator whose world matches torch.distributed's, on GPUs and on CPUs."""
+def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = None,
+                     project_dir: Optional[Path] = None):
+    """An Accelerator whose world matches torch.distributed's, on GPUs and on CPUs; ``log_with``:
+    accelerate's trackers, writing under ``project_dir``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
@@ -95,7 +97,8 @@ def make_accelerator(precision: str, grad_accum: int):
         cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers,
         # the batch sampler yields global batches that each process splits: the same examples make
         # one optimiser step whatever the number of processes
-        dataloader_config=DataLoaderConfiguration(split_batches=True))
+        dataloader_config=DataLoaderConfiguration(split_batches=True), log_with=log_with,
+        project_dir=str(project_dir) if log_with else None)
     check_world(accelerator)
     return accelerator
 

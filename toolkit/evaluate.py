@@ -1,15 +1,13 @@
 """Evaluate a run on a pair file: metrics overall and per group, optional JSON and plot."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from .errors import ToolkitError
 from .io_utils import write_json
 from .metrics import evaluate_predictions
 from .plots import plot_predictions
-from .sources import PairSource, SourceOptions
+from .sources import SourceOptions, read_pairs
 
 if TYPE_CHECKING:  # a bundle is scored without torch: import neither at run time
     from .bundle import Bundle
@@ -20,13 +18,7 @@ def evaluate_file(run: Union["Run", "Bundle"], path: str | Path, options: Source
                   json_path: Optional[str] = None, plot_path: Optional[str] = None) -> tuple[dict, list[str], str]:
     """(metrics, warnings, bad-row summary or "") of ``run`` (a run directory or an ONNX bundle) on
     the pairs in ``path``."""
-    options = dataclasses.replace(options, need_score=True)
-    if options.score_range is None:
-        options.score_range = run.score_range  # gold outside the trained range means a mismatch
-    source = PairSource(path, options)
-    pairs = source.read_all()
-    if len(pairs) == 0:
-        raise ToolkitError(f"{path}: no usable pairs to evaluate")
+    pairs, source = read_pairs(path, options, gold=True, score_range=run.score_range, purpose="to evaluate")
     pred = run.predictor(batch_size=batch_size).predict(pairs.s1, pairs.s2)
     metrics, warnings = evaluate_predictions(pred, pairs.scores, pairs.groups, ci=True)
     metrics["data"] = str(path)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 import warnings
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from .labels import LabelScale
 from .merge import is_merged, load_merged_run
 from .metrics import evaluate_predictions
 from .run import CONFIG, METRICS, load_run
-from .sources import PairSource, SourceOptions
+from .sources import SourceOptions, read_pairs
 
 
 @dataclass
@@ -131,7 +130,29 @@ def _export_graph(source: Source, path: Path, opset: int) -> list[str]:
     return names
 
 
-def _optimize(raw: Path, out: Path, source: Source, cfg: ExportConfig) -> dict:
+@contextlib.contextmanager
+def _quantizer_warnings() -> Iterator[list[str]]:
+    """Collects what ONNX Runtime's quantiser logs through the root logger instead of printing it:
+    a warning per tensor behind the fused com.microsoft operators, whose type it cannot infer (they
+    stay float, as ``DefaultTensorType`` asks), and advice to pre-process (shape inference the fused
+    graph does not need). The caller summarises them in one line."""
+    seen: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if "onnxruntime" in record.pathname and record.levelno < logging.ERROR:
+            seen.append(record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield seen
+    finally:
+        root.removeFilter(keep)
+
+
+def _optimize(raw: Path, out: Path, source: Source, cfg: ExportConfig, log=print) -> dict:
     """ORT's transformer fusions, then the variant. Returns the fused-operator counts."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -149,10 +170,15 @@ def _optimize(raw: Path, out: Path, source: Source, cfg: ExportConfig) -> dict:
         # contradicts on cross-encoder heads; inference recomputes them
         optimized.model.graph.ClearField("value_info")
         optimized.save_model_to_file(str(fp32))
-        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"],
-                         extra_options={"DefaultTensorType": 1})  # float: types behind the fused com.microsoft ops
+        with _quantizer_warnings() as notes:
+            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"],
+                             extra_options={"DefaultTensorType": 1})  # float: types behind the fused ops
         fp32.unlink()
+        untyped = sum(m.startswith("Failed to infer data type") for m in notes)
+        log("quantised to int8: MatMul weights per channel, activations dynamically"
+            + (f"; {untyped} tensors behind the fused operators stay float (no type to infer; expected)"
+               if untyped else ""))
     else:
         optimized.save_model_to_file(str(out))
     return fused
@@ -163,9 +189,8 @@ def _verify_pairs(source: Source, cfg: ExportConfig):
     if not path or not Path(path).is_file():
         raise ToolkitError(f"{source.folder}: no pair file to verify the export on (the run's dev file "
                            f"{path or '(not recorded)'} is not there): pass --verify-data FILE")
-    rng = source.config.get("resolved", {}).get("score_range")
-    options = SourceOptions(score_range=tuple(rng) if rng else None, policy="skip")
-    pairs = PairSource(path, options).read_all()
+    pairs, _ = read_pairs(path, SourceOptions(policy="skip"), gold=True,
+                          score_range=source.config.get("resolved", {}).get("score_range"))
     if len(pairs) < 8:
         raise ToolkitError(f"{path}: fewer than 8 usable pairs to verify the export on")
     return path, pairs
@@ -211,10 +236,11 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
         raw = Path(work) / "raw.onnx"
-        log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX ...")
+        log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX "
+            f"({cfg.variant}) ...")
         inputs = _export_graph(source, raw, cfg.opset)
-        fused = _optimize(raw, tmp / MODEL, source, cfg)
-        log(f"optimised ({cfg.variant}): fused " + ", ".join(f"{k} {v}" for k, v in sorted(fused.items())))
+        fused = _optimize(raw, tmp / MODEL, source, cfg, log)
+        log("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(fused.items())))
         source.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER))
         metadata = {
             "format": FORMAT, "toolkit_version": __version__, "variant": cfg.variant, "opset": cfg.opset,
@@ -235,9 +261,20 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
         figures = {**_gate(source, bundle, cfg), "provider": bundle.provider}
         metadata["verification"] = figures
         write_json(tmp / METADATA, metadata)
-        log("verified: " + json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}))
-    log(f"bundle written to {out} ({time.time() - start:.0f}s)")
+        log(_verdict(figures))
+    sizes = ", ".join(f"{name} {(out / name).stat().st_size / 2 ** 20:.1f} MiB" for name in (MODEL, TOKENIZER))
+    log(f"bundle written to {out}: {sizes} ({time.time() - start:.0f}s)")
     return metadata
+
+
+def _verdict(f: dict) -> str:
+    """The gate's figures as a sentence."""
+    where = f"on {f['provider']}, {f['pairs']} pairs of {f['data']}"
+    if f["variant"] == "fp32":
+        return f"verified {where}: ONNX Runtime within {f['max_abs_diff']:.1e} of PyTorch (limit {f['limit']:g})"
+    return (f"verified {where}: Spearman {f['spearman_onnx']:.2f} ({f['variant']}) vs {f['spearman_pytorch']:.2f} "
+            f"(PyTorch), a drop of {f['spearman_drop']:.2f} points (limit {f['limit_spearman_drop']:g}); largest "
+            f"score difference {f['max_abs_diff']:.3f}")
 
 
 def _portable(name: str) -> str:

@@ -100,6 +100,23 @@ def merge_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
         raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
     if is_merged(run_dir):
         raise ToolkitError(f"{run_dir}: already a merged model")
+    run_config, plain, tokenizer = merged_plain(run_dir)
+    adapter = run_config["model"]["adapter"]
+    config = {**run_config, "kind": "merged", "merged_from": {"run": str(run_dir.resolve()), "adapter": adapter}}
+    if (run_dir / METRICS).is_file():
+        config["metrics"] = {"dev": read_json(run_dir / METRICS).get("dev")}
+    with atomic_dir(out) as tmp:
+        plain.save_pretrained(str(tmp / MERGED_MODEL), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp / MERGED_MODEL))
+        write_json(tmp / CONFIG, config)
+    return out
+
+
+def merged_plain(run_dir: Path) -> tuple[dict, nn.Module, object]:
+    """(the run's config, its model as plain transformers with the adapter folded in, tokenizer)
+    of a LoRA, IA3 or fully fine-tuned run."""
+    from .loading import resolve_model
+
     run = load_run(run_dir, fused_kernel="off")
     adapter = run.model.cfg.adapter
     if adapter not in FOLDABLE:
@@ -107,18 +124,8 @@ def merge_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
                            f"export the run directly: toolkit export {run_dir} --onnx --out BUNDLE")
     if adapter != "none":
         merge_into_base(run.model.encoder)
-    from .loading import resolve_model
-
     _, base_folder = resolve_model(run.config["base_model"]["name"])
-    plain = plain_model(run.model, base_folder)
-    config = {**run.config, "kind": "merged", "merged_from": {"run": str(run_dir.resolve()), "adapter": adapter}}
-    if (run_dir / METRICS).is_file():
-        config["metrics"] = {"dev": read_json(run_dir / METRICS).get("dev")}
-    with atomic_dir(out) as tmp:
-        plain.save_pretrained(str(tmp / MERGED_MODEL), safe_serialization=True)
-        run.tokens.tokenizer.save_pretrained(str(tmp / MERGED_MODEL))
-        write_json(tmp / CONFIG, config)
-    return out
+    return run.config, plain_model(run.model, base_folder), run.tokens.tokenizer
 
 
 class MergedScorer(nn.Module):

@@ -1,8 +1,10 @@
-"""Batched inference: length-sorted batches, results back in input order, scores on the user's scale.
+"""PyTorch on the one scoring path (scorer.py): the engine for a ``PairRegressor`` (or a merged
+folder's ``MergedScorer``), and ``Predictor``, the scorer every PyTorch caller uses.
 
-Given an Accelerator with several processes, the batches are sharded across them and the outputs
-gathered with ``gather_for_metrics``, which drops the samples the even sharding pads in: every
-process gets the same, complete result, equal to a single-process run. Every process must call.
+Given an Accelerator with several processes (training's dev evaluation), the length-sorted batches
+are shared out round-robin and the rows gathered back: every process gets the same, complete
+result, equal to a single-process run. Each process runs the same number of forwards (the last
+round padded with a repeat that is dropped), as DeepSpeed ZeRO-3 needs. Every process must call.
 """
 from __future__ import annotations
 
@@ -10,76 +12,78 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .batching import Encoded, PairTokenizer
 from .labels import LabelScale
-from .model import PairRegressor
+from .scorer import PairScorer
 
 
-class Predictor:
-    """Scores pairs with a trained model. Bi-encoders embed each distinct sentence once."""
+class TorchEngine:
+    """Tokenises with the model's (fast) tokenizer; runs one padded batch through the model."""
 
-    def __init__(self, model: PairRegressor, tokens: PairTokenizer, labels: LabelScale,
-                 batch_size: int = 128, device: torch.device | str = "cpu", accelerator=None):
+    def __init__(self, model: torch.nn.Module, tokens: PairTokenizer, device: torch.device, accelerator=None):
         self.model = model
         self.tokens = tokens
-        self.labels = labels
-        self.batch_size = batch_size
-        self.device = torch.device(device)
+        self.device = device
         self.accelerator = accelerator if accelerator is not None and accelerator.num_processes > 1 else None
 
-    @torch.inference_mode()
-    def predict_normalized(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
+    @property
+    def arch(self) -> str:
+        return self.model.cfg.arch
+
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[Encoded]:
+        if pairs is not None:
+            return [e[0] for e in self.tokens.encode_pairs(texts, pairs)]
+        return self.tokens.encode_texts(texts)
+
+    def batch_fn(self, fn: Callable[..., torch.Tensor]) -> Callable[[list[Encoded]], np.ndarray]:
+        """``fn`` (the model's forward, or another function of a padded batch) as a forward of rows."""
+        @torch.inference_mode()
+        def forward(batch: list[Encoded]) -> np.ndarray:
+            out = fn(**{k: v.to(self.device) for k, v in self.tokens.pad(batch).items()})
+            return out.float().cpu().numpy().reshape(len(batch), -1)
+        return forward
+
+    def forward(self, batch: list[Encoded]) -> np.ndarray:
+        return self.batch_fn(self.model.embed if self.arch == "bi" else self.model)(batch)
+
+    def map_batches(self, batches: list[list], forward: Callable[[list], np.ndarray]) -> list[np.ndarray]:
+        """In eval mode (restored after); sharded over the processes of a distributed run."""
         was_training = self.model.training
         self.model.eval()
         try:
-            if self.model.cfg.arch == "cross":
-                encoded = [e[0] for e in self.tokens.encode_pairs(s1, s2)]
-                return self.run_batches(encoded, self.model).double().numpy()
-            return self._bi(s1, s2)
+            if self.accelerator is None:
+                return [forward(b) for b in batches]
+            return self._sharded(batches, forward)
         finally:
             self.model.train(was_training)
 
-    def predict(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
-        return self.labels.denormalize(self.predict_normalized(s1, s2))
+    def _sharded(self, batches: list[list], forward: Callable[[list], np.ndarray]) -> list[np.ndarray]:
+        from accelerate.utils import gather_object
 
-    @torch.inference_mode()
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Mean-pooled embeddings (float32, on the CPU) of ``texts``, in order."""
-        return self.run_batches(self.tokens.encode_texts(texts), self.model.embed)
-
-    def _bi(self, s1: Sequence[str], s2: Sequence[str]) -> np.ndarray:
-        unique = list(dict.fromkeys([*s1, *s2]))
-        where = {s: i for i, s in enumerate(unique)}
-        emb = self.embed(unique)
-        a = emb[torch.tensor([where[s] for s in s1])]
-        b = emb[torch.tensor([where[s] for s in s2])]
-        return torch.nn.functional.cosine_similarity(a, b, dim=-1).double().numpy()
-
-    def run_batches(self, items: list[Encoded], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """``fn`` over length-sorted batches of ``items``; rows (float32, CPU) in input order."""
-        order = np.argsort(-np.asarray([len(e) for e in items]), kind="stable")
-        loader = DataLoader([items[i] for i in order], batch_size=self.batch_size, collate_fn=self.tokens.pad)
-        if self.accelerator is not None:
-            loader = _shard(loader, self.accelerator)
-        outputs = []
-        for batch in loader:
-            out = fn(**{k: v.to(self.device) for k, v in batch.items()})
-            if self.accelerator is not None:
-                out = self.accelerator.gather_for_metrics(out)
-            outputs.append(out.float().cpu())
-        rows = torch.cat(outputs)
-        result = torch.empty_like(rows)
-        result[torch.as_tensor(order)] = rows
-        return result
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        rounds = -(-len(batches) // world)
+        mine = []
+        for r in range(rounds):
+            i = r * world + rank
+            rows = forward(batches[i] if i < len(batches) else batches[0])  # a repeat keeps forwards even
+            if i < len(batches):
+                mine.append((i, rows))
+        return [rows for _, rows in sorted(gather_object(mine), key=lambda x: x[0])]
 
 
-def _shard(loader: DataLoader, accelerator) -> DataLoader:
-    """Each process takes every n-th batch; the last round is padded (and the padding dropped again by
-    ``gather_for_metrics``). Not registered with the accelerator: nothing of it goes into checkpoints."""
-    from accelerate.data_loader import prepare_data_loader
+class Predictor(PairScorer):
+    """A PyTorch model on the one scoring path: scores on the label scale's user side."""
 
-    return prepare_data_loader(loader, device=None, num_processes=accelerator.num_processes,
-                               process_index=accelerator.process_index, split_batches=False,
-                               put_on_device=False, even_batches=True)
+    def __init__(self, model: torch.nn.Module, tokens: PairTokenizer, labels: LabelScale | None,
+                 batch_size: int = 128, device: torch.device | str = "cpu", accelerator=None):
+        offset, scale = (labels.offset, labels.scale) if labels is not None else (0.0, 1.0)
+        super().__init__(TorchEngine(model, tokens, torch.device(device), accelerator), offset, scale, batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def run_batches(self, items: list[Encoded], fn: Callable[..., torch.Tensor]) -> np.ndarray:
+        """``fn`` of each padded, length-sorted batch of ``items``; rows in input order."""
+        return self.run(items, forward=self.engine.batch_fn(fn))

@@ -73,7 +73,7 @@ def head_features(model: PairRegressor, tokens: PairTokenizer, s1: Sequence[str]
 
         runner = Predictor(model, tokens, labels=None, batch_size=batch_size, device=device)
         encoded = [e[0] for e in tokens.encode_pairs(s1, s2)]
-        return runner.run_batches(encoded, features).double().numpy()
+        return runner.run_batches(encoded, features).astype(np.float64)
     finally:
         hook.remove()
         model.train(was_training)

@@ -84,7 +84,8 @@ class ScoreSummary:
 
 # -- the model: a bundle (ONNX Runtime), or a run or merged folder (PyTorch) ---------------------------------
 class Scorer:
-    """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread)."""
+    """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread), both on the one
+    scoring path (scorer.PairScorer) whatever the model."""
 
     def __init__(self, model_path: str, cfg: ScoreConfig):
         from .load import kind_of, load_model, model_files
@@ -96,21 +97,16 @@ class Scorer:
             torch.set_num_threads(cfg.threads)
         model = load_model(model_path, provider=cfg.provider, threads=cfg.threads)  # runs: fused kernel on CUDA
         self.predictor = model.predictor(batch_size=cfg.batch_size)
-        self.bundle = model if kind == "bundle" else None
         self.backend = model.describe() if kind == "bundle" else f"pytorch ({self.predictor.device})"
         # what makes the scores what they are: the model's files and where it runs (provider, device);
         # thread counts do not change them
         self.fingerprint = {"kind": kind, "files": model_files(model_path), "runtime": self.backend}
 
     def prepare(self, chunk: PairChunk):
-        if self.bundle is not None:
-            return self.bundle.encode(chunk.s1, chunk.s2)
-        return chunk
+        return self.predictor.encode(chunk.s1, chunk.s2)
 
     def score(self, prepared) -> np.ndarray:
-        if self.bundle is not None:
-            return self.bundle.score_encoded(prepared)
-        return self.predictor.predict(prepared.s1, prepared.s2)
+        return self.predictor.score_encoded(prepared)
 
 
 # -- output ------------------------------------------------------------------------------------------------

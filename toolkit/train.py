@@ -33,7 +33,7 @@ from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
-from .sources import Columns, PairChunk, PairSource, SourceOptions
+from .sources import Columns, PairChunk, PairSource, SourceOptions, read_pairs
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 DEFAULT_LR = {"none": 2e-5}
@@ -62,6 +62,7 @@ class TrainConfig:
     keep_checkpoint: bool = False  # keep the resumable checkpoint after a finished run
     head_init: str = "random"  # cross-encoders: random | lp (linear probe first: LP-FT, needed by `toolkit wise`)
     log_steps: int = 10  # log the training loss every N optimiser steps (reduced across processes only then)
+    log_with: Optional[str] = None  # also to a tracker accelerate supports (tensorboard, wandb, mlflow, ...)
 
     def resolved_lr(self, adapter: str) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
@@ -87,6 +88,8 @@ class TrainConfig:
             raise ToolkitError("--log-steps must be at least 1")
         if self.head_init not in ("random", "lp"):
             raise ToolkitError("--head-init must be random or lp")
+        if self.log_with:
+            _check_tracker(self.log_with)
 
     def per_device_batch(self, processes: int) -> int:
         if self.global_batch_size is None:
@@ -170,12 +173,9 @@ class RunLog:
 
 
 def _read(path: str, options: SourceOptions, what: str, log: RunLog) -> tuple[PairChunk, PairSource]:
-    source = PairSource(path, options)
-    pairs = source.read_all()
+    pairs, source = read_pairs(path, options, gold=True, purpose=what)
     if source.report.bad:
         log.say(source.report.summary())
-    if len(pairs) == 0:
-        raise ToolkitError(f"{path}: no usable {what} pairs")
     return pairs, source
 
 
@@ -318,7 +318,7 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     cfg.validate()
     precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
-    accelerator = make_accelerator(precision, cfg.grad_accum)
+    accelerator = make_accelerator(precision, cfg.grad_accum, cfg.log_with, out)
     per_device = cfg.per_device_batch(accelerator.num_processes)
     world = {"processes": accelerator.num_processes,
              "effective_batch": per_device * accelerator.num_processes * cfg.grad_accum}
@@ -337,6 +337,8 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     accelerator.wait_for_everyone()
     s = _set_up(out, data, model_cfg, cfg, accelerator, precision, per_device, base_folder, sections,
                 fresh=kind == "fresh")
+    if cfg.log_with:  # under RUN/trackers/ (tensorboard: event files; others: their own stores)
+        accelerator.init_trackers("trackers", config=_scalars(sections))
     state = _restore(s, checkpoint) if checkpoint is not None else _begin(s)
     s.bar = tqdm(total=len(s.loader) * cfg.epochs, initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
                  disable=not s.main, unit="batch", dynamic_ncols=True,
@@ -357,10 +359,10 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     main = accelerator.is_main_process
     log = RunLog(out, main)
     set_seed(cfg.seed)
-    train_pairs, train_src = _read(data.train, data.source, "training", log)
+    train_pairs, train_src = _read(data.train, data.source, "to train on", log)
     dev_options = data.dev_options()
     dev_options.score_range = dev_options.score_range or train_src.score_range  # dev gold in the trained range
-    dev_pairs, _ = _read(data.dev, dev_options, "dev", log)
+    dev_pairs, _ = _read(data.dev, dev_options, "to evaluate on (dev)", log)
     labels = _label_scale(cfg, model_cfg, train_src.score_range, train_pairs.scores)
     model, tokens, probe = _build_model(model_cfg, cfg, accelerator, base_folder, labels, train_pairs, dev_pairs,
                                         fresh)
@@ -490,6 +492,7 @@ def _begin(s: Session) -> TrainerState:
     _write_weights(s, s.weights_dir, atomic=True)
     s.log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
     s.log.record({"epoch": 0, "dev": dev})
+    _track(s, {"epoch": 0, **_scalars(dev, "dev")}, step=0)
     _say_kernel(s)
     return state
 
@@ -557,6 +560,7 @@ def _log_steps(s: Session, state: TrainerState, pending: list[torch.Tensor]) -> 
     state.steps.append(entry)
     s.log.record(entry, STEPS_LOG)
     s.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+    _track(s, {"train/loss": entry["loss"], "train/lr": lr}, step=state.global_step)
 
 
 def _end_epoch(s: Session, state: TrainerState) -> None:
@@ -570,6 +574,8 @@ def _end_epoch(s: Session, state: TrainerState) -> None:
              "seconds": elapsed, "samples_per_s": state.epoch_pairs / elapsed}
     state.history.append(entry)
     s.log.record(entry)
+    _track(s, {"train/epoch_loss": entry["train_loss"], "epoch": epoch, **_scalars(dev, "dev")},
+           step=state.global_step)
     improved = is_better(cfg.metric, dev[cfg.metric], state.best[cfg.metric])
     s.log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
               f"{' (best)' if improved else ''} [{elapsed:.0f}s]")
@@ -584,6 +590,12 @@ def _end_epoch(s: Session, state: TrainerState) -> None:
         s.log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
     save_checkpoint(s.accelerator, s.out, s.weights_dir, state, s.best_pred,
                     (lambda folder: _write_weights(s, folder)) if improved else None)
+
+
+def _track(s: Session, values: dict, step: int) -> None:
+    """To the trackers of ``--log-with``, if any (accelerate logs on the main process only)."""
+    if s.cfg.log_with:
+        s.accelerator.log(values, step=step)
 
 
 def _say_kernel(s: Session) -> None:
@@ -605,9 +617,37 @@ def _finish(s: Session, state: TrainerState, seconds: float) -> TrainResult:
         if not s.cfg.keep_checkpoint:
             remove_checkpoints(s.out)
     s.accelerator.wait_for_everyone()
+    if s.cfg.log_with:
+        s.accelerator.end_training()
     s.log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
     s.log.say(f"run saved to {s.out}")
     return TrainResult(summary, s.best_pred, s.unwrapped)
+
+
+def _check_tracker(name: str) -> None:
+    """accelerate drops a tracker whose package is missing without a word: refuse it instead."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [t.value for t in LoggerType if t.value != "all"]
+    if name not in known:
+        raise ToolkitError(f"--log-with {name}: not a tracker accelerate knows; choose one of {', '.join(known)}")
+    if LoggerType(name) not in get_available_trackers():
+        hint = " (pip install tensorboardX, or the toolkit's 'tracking' extra)" if name == "tensorboard" else ""
+        raise ToolkitError(f"--log-with {name}: its package is not installed{hint}")
+
+
+def _scalars(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """The numbers and strings of nested settings or metrics, as flat ``a/b`` keys: what trackers
+    (TensorBoard's hyperparameters among them) accept."""
+    flat: dict = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}".strip("/")
+        if isinstance(value, dict):
+            flat.update(_scalars(value, name))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+    return flat
 
 
 def resume(run_dir: str | Path, trust_remote_code: bool = False) -> TrainResult:

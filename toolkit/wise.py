@@ -31,7 +31,7 @@ from .io_utils import atomic_dir, atomic_path, write_json
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from .model import PairRegressor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, Run, load_run
-from .sources import PairSource, SourceOptions
+from .sources import SourceOptions, read_pairs
 
 RESULTS = "results.jsonl"
 PLOT = "wise.png"
@@ -182,12 +182,7 @@ class WiseResult:
 def _read_sets(sets: Sequence[EvalSet], options: SourceOptions, run: Run) -> list[tuple[EvalSet, object, str]]:
     read = []
     for s in sets:
-        opts = dataclasses.replace(options, need_score=True)
-        opts.score_range = opts.score_range or run.score_range
-        source = PairSource(s.path, opts)
-        pairs = source.read_all()
-        if len(pairs) == 0:
-            raise ToolkitError(f"{s.path}: no usable pairs to evaluate")
+        pairs, source = read_pairs(s.path, options, gold=True, score_range=run.score_range, purpose="to evaluate")
         read.append((s, pairs, source.report.summary() if source.report.bad else ""))
     return read
 

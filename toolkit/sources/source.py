@@ -190,7 +190,19 @@ class PairSource:
         self.report.problems.extend(f"{self.reader.where(loc)}: {msg}" for loc, msg in problems[:max(room, 0)])
 
 
-def read_pairs(path: str | Path, options: Optional[SourceOptions] = None) -> tuple[PairChunk, PairSource]:
-    """All validated pairs of a file (for training and evaluation sets that fit in memory)."""
+def read_pairs(path: str | Path, options: Optional[SourceOptions] = None, *, gold: bool = False,
+               score_range: Optional[tuple[float, float]] = None,
+               purpose: Optional[str] = None) -> tuple[PairChunk, PairSource]:
+    """All validated pairs of a file: the one reader of sets that fit in memory (training, dev,
+    evaluation, WiSE-FT's sets, the export gate). ``gold``: every pair needs a score, inside
+    ``score_range`` (the model's: gold outside it means a mismatch) unless the options name one.
+    ``purpose`` ("to evaluate"): a file with no usable pair is then an error that says what for."""
+    options = dataclasses.replace(options or SourceOptions())
+    options.need_score = options.need_score or gold
+    if gold and options.score_range is None and score_range is not None:
+        options.score_range = (float(score_range[0]), float(score_range[1]))
     source = PairSource(path, options)
-    return source.read_all(), source
+    pairs = source.read_all()
+    if purpose is not None and len(pairs) == 0:
+        raise BadInputError(f"{show_path(path)}: no usable pairs {purpose}")
+    return pairs, source

@@ -1,0 +1,73 @@
+"""The README's Python block, run as it stands (only the data folder pointed at this machine's),
+and checked against the CLI's and the loaded run's own outputs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Python\n"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_python_block_runs(tmp_path, stsb_dir):
+    data = tmp_path / "stsb"  # the release's layout, 256 pairs of each split: every stage in CI's minutes
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        lines = (stsb_dir / f"sts-{split}.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (data / f"sts-{split}.csv").write_text("".join(lines[:256]), encoding="utf-8")
+    code = _readme_block().replace("../shared/data/stsb", str(data))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = proc.stdout.splitlines()
+    pair_score = float(next(line for line in printed if re.fullmatch(r"\[[0-9. ]+\]", line)).strip("[]"))
+    spearman = float(next(line for line in printed if re.fullmatch(r"0\.[0-9]+", line)))
+    assert 3.0 < pair_score <= 5.5 and 0.5 < spearman < 1  # a near-paraphrase; a model that learned something
+    runs = tmp_path / "runs"
+    assert json.loads((runs / "quick" / "metrics.json").read_text())["best_epoch"] in (0, 1)
+    assert pq.read_metadata(runs / "quick-test.parquet").num_rows == 256
+    assert json.loads((runs / "quick-wise" / "config.json").read_text())["wise"]["alpha"] in (0.0, 0.5, 1.0)
+    cli = subprocess.run([sys.executable, "-m", "toolkit.cli", "predict", str(runs / "quick"),
+                          "A plane is taking off.", "An air plane is taking off."], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert float(cli.stdout) == pytest.approx(pair_score, abs=1e-4)  # the CLI prints 4 decimals
+
+
+def test_unknown_option_is_refused_with_the_valid_ones(tmp_path):
+    import toolkit
+    from toolkit.errors import ToolkitError
+
+    with pytest.raises(ToolkitError, match=r"unknown option 'epoch'; valid: .*\bepochs\b"):
+        toolkit.train(train="a.csv", dev="b.csv", out=tmp_path / "x", epoch=1)
+
+
+def test_the_api_names_stay_functions_after_their_modules_load():
+    import toolkit
+    import toolkit.score  # noqa: F401  (the submodule of the same name)
+    import toolkit.train  # noqa: F401
+
+    assert callable(toolkit.score) and callable(toolkit.train) and toolkit.train.__module__ == "toolkit.api"
+
+
+def test_load_predicts_a_list_of_pairs_and_two_lists_alike(small_models):
+    import toolkit
+
+    for path in small_models.values():  # a run (PyTorch) and its bundle (ONNX Runtime)
+        model = toolkit.load(path)
+        pairs = [("A man is playing a guitar.", "A man plays the guitar."), ("A cat sleeps.", "Stocks fell.")]
+        a = model.predict(pairs)
+        b = model.predict([p[0] for p in pairs], [p[1] for p in pairs])
+        assert isinstance(a, np.ndarray) and a.shape == (2,) and np.array_equal(a, b)
