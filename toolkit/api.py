@@ -57,8 +57,8 @@ def _split_paths(data: Optional[str], train: Optional[str], dev: Optional[str]) 
     return train, dev
 
 
-def train(data: Optional[str] = None, out: str | Path = "runs/run", *, train: Optional[str] = None,
-          dev: Optional[str] = None, overwrite: bool = False, resume_if_exists: bool = False, **options: Any):
+def train(data: Optional[str] = None, *, out: str | Path, train: Optional[str] = None, dev: Optional[str] = None,
+          overwrite: bool = False, resume_if_exists: bool = False, **options: Any):
     """Train an adapter; returns the ``TrainResult`` (run folder, dev metrics, best epoch).
     ``data="stsb:FOLDER"`` or ``train=FILE, dev=FILE``; any ``ModelConfig``/``TrainConfig``/source option."""
     from .model import ModelConfig
