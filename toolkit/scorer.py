@@ -33,7 +33,7 @@ def map_batches(batches: list[list], forward: Callable[[list], np.ndarray]) -> l
 
 
 @dataclass
-class Encoded:
+class EncodedPairs:
     """Tokenised input of ``PairScorer.score_encoded``: pairs (cross), or distinct sentences and the
     two index arrays that pick each pair's sentences (bi)."""
 
@@ -56,25 +56,25 @@ class PairScorer:
     def arch(self) -> str:
         return self.engine.arch
 
-    def encode(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True) -> Encoded:
+    def encode(self, s1: Sequence[str], s2: Sequence[str], dedupe: bool = True) -> EncodedPairs:
         """Tokenise (the half of ``predict`` a reader thread can do while the other runs)."""
         if len(s1) != len(s2):
             raise ValueError("s1 and s2 differ in length")
         if self.arch == "cross":
-            return Encoded("cross", self.engine.tokenize(list(s1), list(s2)))
+            return EncodedPairs("cross", self.engine.tokenize(list(s1), list(s2)))
         if not dedupe:
             n = len(s1)
-            return Encoded("bi", self.engine.tokenize([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
+            return EncodedPairs("bi", self.engine.tokenize([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
         unique = list(dict.fromkeys([*s1, *s2]))
         where = {s: i for i, s in enumerate(unique)}
-        return Encoded("bi", self.engine.tokenize(unique), np.array([where[s] for s in s1], dtype=np.int64),
+        return EncodedPairs("bi", self.engine.tokenize(unique), np.array([where[s] for s in s1], dtype=np.int64),
                        np.array([where[s] for s in s2], dtype=np.int64))
 
-    def score_encoded(self, encoded: Encoded, sort: bool = True) -> np.ndarray:
+    def score_encoded(self, encoded: EncodedPairs, sort: bool = True) -> np.ndarray:
         """Scores on the user's scale."""
         return self.offset + self.scale * self.normalized(encoded, sort)
 
-    def normalized(self, encoded: Encoded, sort: bool = True) -> np.ndarray:
+    def normalized(self, encoded: EncodedPairs, sort: bool = True) -> np.ndarray:
         """What the model was trained to output (float64), in input order."""
         if not encoded.items:
             return np.zeros(0)
