@@ -131,7 +131,7 @@ def main() -> int:
                lambda c=ce: c.predict(list(zip(test.s1, test.s2)), batch_size=args.batch_size,
                                       show_progress_bar=False))
 
-    options = SourceOptions(columns=Columns(id="id"), need_score=False)
+    options = SourceOptions(columns=Columns(id_col="id"), need_score=False)
     for variant in [v for v in ("fp32", "int8") if v not in args.skip]:
         cfg = ScoreConfig(threads=args.threads, batch_size=args.batch_size, restart=True, progress=False)
 

@@ -101,3 +101,118 @@ def test_train_with_files_and_other_formats(tmp_path):
     assert config["base_model"]["name"] == str(resolve_model("minilm-l6")[1])
     proc = toolkit("eval", run, "--data", dev, "--group-col", "genre")
     assert "main-captions" in proc.stdout
+
+
+# -- the CLI is generated from api.py's functions and the config dataclasses -----------------------------
+def _print_config(*args) -> str:
+    """What ``--print-config`` writes (in this process: the parser is what is tested, not start-up)."""
+    import contextlib
+    import io
+
+    from toolkit.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*map(str, args), "--print-config"]) == 0
+    return out.getvalue()
+
+
+def _resolved(*args) -> dict:
+    """The options a command line resolves to, as ``--print-config`` writes them."""
+    import yaml
+
+    return yaml.safe_load(_print_config(*args))
+
+
+@pytest.mark.parametrize("command", ["check", "train", "eval", "predict", "merge", "export", "score", "wise",
+                                     "shift-splits"])
+def test_each_option_is_defined_once_and_documented(command, capsys):
+    """No two of a command's parameters and config fields share a name (so a flag, a YAML key and a
+    keyword argument each mean one thing), every one is in --help, and each parameter is documented."""
+    import inspect
+
+    import docstring_parser
+
+    from toolkit import api, cli
+
+    func = getattr(api, cli.COMMANDS[command].function)
+    own = [p.name for p in inspect.signature(func).parameters.values()
+           if p.kind is not p.VAR_KEYWORD and p.name != "say"]
+    names = own + api.option_names(cli.COMMANDS[command].function)
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert set(own) <= {p.arg_name for p in docstring_parser.parse(func.__doc__).params}
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    for cls in api.option_classes(cli.COMMANDS[command].function):
+        for f in api._leaves(cls):
+            flag = "--" + f.name.replace("_", "-")
+            assert flag in help_text, flag
+
+
+def test_config_file_round_trip_and_command_line_precedence(tmp_path):
+    args = ["train", "--data", "stsb:d", "--out", "runs/x", "--adapter", "lora", "--lora-r", "4", "--epochs", "2",
+            "--score-range", "0:5", "--s1-col", "a", "--no-group-by-length", "--patience", "0"]
+    resolved = _resolved(*args)
+    assert resolved["adapter"] == "lora" and resolved["lora_r"] == 4 and resolved["score_range"] == [0.0, 5.0]
+    assert resolved["s1_col"] == "a" and resolved["group_by_length"] is False and resolved["patience"] == 0
+    assert resolved["lr"] is None and resolved["seed"] == 42  # untouched: TrainConfig's defaults
+    config = tmp_path / "train.yaml"
+    config.write_text(_print_config(*args))
+    assert _resolved("train", "--config", config) == resolved
+    assert _resolved("train", "--config", config, "--epochs", "7")["epochs"] == 7  # the command line wins
+    config.write_text("epochs: 3\nlora-r: 2\n")  # a hand-written file: any subset, either spelling
+    partial = _resolved("train", "--config", config, "--out", "o")
+    assert (partial["epochs"], partial["lora_r"], partial["adapter"]) == (3, 2, "seq_bn")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("epochz: 3\n", "{path}: unknown option 'epochz'; valid: "),
+    ("- 1\n- 2\n", "{path}: expected a mapping of option: value, got [1, 2]"),
+    ("epochs: [\n", "{path}: cannot read the config file (while parsing"),
+])
+def test_bad_config_file_is_one_line(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    proc = toolkit("train", "--config", path, "--out", "o", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(expected.format(path=path)), proc.stderr
+
+
+@pytest.mark.parametrize("old,new", [
+    (["check", "f.csv", "--skip-bad-rows", "--no-score"], ["check", "f.csv", "--policy", "skip", "--no-gold"]),
+    (["score", "m", "f.csv", "-o", "out.parquet", "--quiet"], ["score", "m", "f.csv", "--out", "out.parquet",
+                                                               "--no-progress"]),
+    (["export", "run", "--onnx", "--out", "b"], ["export", "run", "--out", "b", "--format", "onnx"]),
+    (["export", "run", "--sentence-transformers", "--out", "b"],
+     ["export", "run", "--out", "b", "--format", "sentence-transformers"]),
+    (["train", "--model", "minilm-l6", "--out", "o"], ["train", "--base-model", "minilm-l6", "--out", "o"]),
+    (["wise", "r", "--out", "o", "--ood", "a=x.csv", "--ood", "y.csv", "--alphas", "0:1:0.5"],
+     ["wise", "r", "--out", "o", "--ood", "a=x.csv", "--ood", "y.csv", "--alphas", "0,0.5,1"]),
+])
+def test_earlier_spellings_resolve_to_the_same_options(old, new):
+    assert _resolved(*old) == _resolved(*new)
+
+
+def test_score_range_and_shard_errors_are_one_line():
+    for args, expected in [(["check", "f.csv", "--score-range", "5:1"], "--score-range '5:1': LOW must be below HIGH"),
+                           (["score", "m", "f.csv", "-o", "x.csv", "--shard", "4/4"], "--shard 4/4: need 0 <= I < N")]:
+        proc = toolkit(*args, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip() == expected
+
+
+def test_check_a_datasets_folder():
+    folder = Path(__file__).resolve().parent / "corpus" / "hf_dataset" / "pairs"
+    proc = toolkit("check", folder, "--id-col", "pair_id", "--score-range", "0:5", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[:3] == [f"{folder}:row 7: empty sentence1", f"{folder}:row 20: null score",
+                                            f"{folder}:row 33: score 7 outside the declared range 0..5"]
+
+
+def test_a_runs_config_json_is_a_config_file(small_models, small_stsb):
+    """``--config RUN/config.json``: train again with a run's settings (here: those conftest gave)."""
+    resolved = _resolved("train", "--config", small_models["run"] / "config.json", "--out", "o", "--seed", "7")
+    assert (resolved["max_length"], resolved["epochs"], resolved["batch_size"]) == (48, 1, 8)
+    assert (resolved["lr"], resolved["limit"], resolved["seed"]) == (5e-3, 48, 7)
+    assert resolved["train"] == str(small_stsb["train"]) and resolved["dev"] == str(small_stsb["dev"])

@@ -31,7 +31,7 @@ def _train(out: Path, small_stsb, arch: str, adapter: str) -> Path:
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
     normalize = "zscore" if arch == "cross" else "auto"
     train(out, data, ModelConfig(arch=arch, adapter=adapter, max_length=48),
-          TrainConfig(epochs=1, batch_size=8, lr=5e-3, metric="mse", patience=None, normalize=normalize))
+          TrainConfig(epochs=1, batch_size=8, lr=5e-3, metric="mse", patience=0, normalize=normalize))
     return out
 
 

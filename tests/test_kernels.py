@@ -175,7 +175,7 @@ def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_s
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=24))
     result = train(tmp_path / "fused", data, ModelConfig(max_length=32, fused_kernel="on"),
-                   TrainConfig(epochs=1, batch_size=8, lr=3e-3, metric="mse", patience=None))
+                   TrainConfig(epochs=1, batch_size=8, lr=3e-3, metric="mse", patience=0))
     assert sum(isinstance(m, FusedBottleneckAdapter) for m in result.model.modules()) == 6
     keys = set(load_file(tmp_path / "fused" / "adapter" / "adapter.safetensors"))
     assert keys and all("adapter" in k for k in keys)
@@ -258,7 +258,7 @@ def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, m
     monkeypatch.setattr(ab, "adapter_backward", wrong)
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
     result = train(tmp_path / "run", data, ModelConfig(max_length=32, fused_kernel="on", dropout=0.0),
-                   TrainConfig(epochs=1, batch_size=8, metric="mse", patience=None))
+                   TrainConfig(epochs=1, batch_size=8, metric="mse", patience=0))
     report = result.summary["fused_kernel"]
     assert report["requested"] == "on" and report["fused_layers"] == 6
     assert report["decisions"] and all("PyTorch (dx drifts" in d for d in report["decisions"])

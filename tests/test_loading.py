@@ -127,7 +127,7 @@ def test_a_run_directory_cannot_turn_on_remote_code(tmp_path, small_stsb):
     from toolkit.train import DataConfig, TrainConfig, resume, train
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
-    train(tmp_path / "run", data, ModelConfig(max_length=32), TrainConfig(epochs=1, batch_size=8, patience=None,
+    train(tmp_path / "run", data, ModelConfig(max_length=32), TrainConfig(epochs=1, batch_size=8, patience=0,
                                                                           keep_checkpoint=True))
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"]["trust_remote_code"] is False

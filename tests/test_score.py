@@ -67,7 +67,7 @@ def _read(path: Path) -> list[tuple[str, float]]:
 
 
 def _score(model, src, out, chunk=40, **kw):
-    options = SourceOptions(columns=Columns(id="pair_id"), need_score=False, policy=kw.pop("policy", "fail"))
+    options = SourceOptions(columns=Columns(id_col="pair_id"), need_score=False, policy=kw.pop("policy", "fail"))
     return score_file(str(model), str(src), str(out), options,
                       ScoreConfig(chunk_size=chunk, threads=2, progress=False, **kw))
 

@@ -119,7 +119,7 @@ def test_refusals(tmp_path, local_ray, bundle, small_stsb):
                   ScoreConfig(shard=(0, 2)), RayConfig())
     with pytest.raises(ToolkitError, match="no column 'text'"):
         score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x"),
-                  SourceOptions(columns=Columns(s1="text")), cfg, RayConfig())
+                  SourceOptions(columns=Columns(s1_col="text")), cfg, RayConfig())
     with pytest.raises(ToolkitError, match="no pair files"):
         (tmp_path / "empty").mkdir()
         score_ray(str(bundle), str(tmp_path / "empty"), str(tmp_path / "x"), SourceOptions(), cfg, RayConfig())

@@ -1,10 +1,14 @@
 """Pair sources: every format, the STS-B release, and every bad-input case with its location."""
 from __future__ import annotations
 
+import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import dict_rows, stsb_rows, write_pairs
 
 from toolkit.errors import BadInputError
@@ -62,7 +66,7 @@ def test_chunked_reading_equals_whole(stsb_dir):
 def test_every_format_reads_the_same_pairs(tmp_path, ext):
     rows = dict_rows("dev", 50)
     path = write_pairs(tmp_path / f"pairs{ext}", rows)
-    pairs, _ = read(path, columns=Columns(group="genre"), chunk_size=16)
+    pairs, _ = read(path, columns=Columns(group_col="genre"), chunk_size=16)
     assert pairs.s1 == [r["sentence1"] for r in rows]
     assert pairs.s2 == [r["sentence2"] for r in rows]
     np.testing.assert_array_equal(pairs.scores, [r["score"] for r in rows])
@@ -72,7 +76,7 @@ def test_every_format_reads_the_same_pairs(tmp_path, ext):
 def test_custom_columns_and_ids(tmp_path):
     rows = [{"pid": f"p{i}", "a": f"left {i}", "b": f"right {i}", "y": i / 10} for i in range(5)]
     path = write_pairs(tmp_path / "x.jsonl", rows)
-    pairs, _ = read(path, columns=Columns(s1="a", s2="b", score="y", id="pid"))
+    pairs, _ = read(path, columns=Columns(s1_col="a", s2_col="b", score_col="y", id_col="pid"))
     assert pairs.ids == [f"p{i}" for i in range(5)] and pairs.s2[3] == "right 3"
 
 
@@ -269,3 +273,61 @@ def test_limit_stops_before_later_bad_rows(tmp_path):
     assert pairs.s1 == ["a", "c"] and src.report.rows == 2
     pairs, src = read(path, limit=3, policy="skip")
     assert pairs.s1 == ["a", "c", "e"] and src.report.bad == 1
+
+
+# -- a Hugging Face datasets folder (save_to_disk), written by datasets 4.4.1 (tests/corpus/make_hf_dataset.py) --
+HF = Path(__file__).resolve().parent / "corpus" / "hf_dataset"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 13, 14, 40, 8192])
+def test_datasets_folder_gives_what_the_same_rows_in_jsonl_give(chunk_size):
+    """Three Arrow files of 14, 13 and 13 rows: chunks that cut across files and ones that do not.
+    The JSONL copy of the rows, read by another reader, is the reference."""
+    kw = dict(columns=Columns(id_col="pair_id"), score_range=(0.0, 5.0), policy="skip", chunk_size=chunk_size)
+    got, got_src = read(HF / "pairs", **kw)
+    ref, ref_src = read(HF / "pairs.jsonl", **kw)
+    assert got_src.description.startswith("Hugging Face datasets")
+    assert (got.s1, got.s2, got.ids) == (ref.s1, ref.s2, ref.ids) and len(got.s1) == 37
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    assert got_src.report.bad == ref_src.report.bad == 3
+    assert [e.split(": ", 1)[1] for e in got_src.report.problems] == \
+           [e.split(": ", 1)[1] for e in ref_src.report.problems]
+    assert [e.split(": ", 1)[0] for e in got_src.report.problems] == \
+           [f"{HF / 'pairs'}:row {n}" for n in (7, 20, 33)]
+
+
+def test_datasets_folder_bad_rows_fail_by_default_and_limit_stops_early():
+    assert error_of(HF / "pairs", score_range=(0.0, 5.0)) == f"{HF / 'pairs'}:row 7: empty sentence1"
+    pairs, _ = read(HF / "pairs", limit=5)
+    assert pairs.s1 == [f"A man plays instrument {i}." for i in range(5)]
+
+
+def test_datasets_folder_errors_are_one_line(tmp_path):
+    assert error_of(HF / "dict") == (f"{HF / 'dict'}: a DatasetDict; name one of its splits, e.g. "
+                                     f"{HF / 'dict' / 'test'} (splits: 'test', 'train')")
+    assert "no column 'text'" in error_of(HF / "pairs", columns=Columns(s1_col="text"))
+    broken = tmp_path / "broken"
+    shutil.copytree(HF / "pairs", broken)
+    (broken / "data-00001-of-00003.arrow").write_bytes(b"not arrow")
+    assert "data-00001-of-00003.arrow: not an Arrow stream file" in error_of(broken, policy="skip")
+    (broken / "state.json").write_text('{"_data_files": [{"filename": "../../etc/passwd"}]}')
+    assert error_of(broken) == f"{broken / 'state.json'}: lists '../../etc/passwd', not a file of this folder"
+    (broken / "state.json").write_text("{")
+    assert error_of(broken).startswith(f"{broken / 'state.json'}: not a datasets save_to_disk state")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000), keep=st.integers(0, 1904))
+def test_datasets_folder_with_arbitrary_bytes_is_a_one_line_error_or_good_rows(tmp_path, data, keep):
+    """Any bytes in place of an Arrow file (random, or a real one cut short): good rows or one clear
+    line naming the folder, never another exception."""
+    folder = tmp_path / f"d{abs(hash((data, keep)))}"
+    shutil.copytree(HF / "pairs", folder)
+    first = folder / "data-00000-of-00003.arrow"
+    first.write_bytes(data if data else first.read_bytes()[:keep])
+    try:
+        pairs, _ = read(folder, policy="skip", score_range=(0.0, 5.0))
+    except BadInputError as e:
+        assert "\n" not in str(e) and str(e).startswith(str(folder))
+    else:
+        assert all(isinstance(s, str) for s in pairs.s1)

@@ -21,7 +21,7 @@ def run_train(out, small_stsb, limit=None, **kw):
 
 @pytest.mark.parametrize("arch", ["cross", "bi"])
 def test_short_training_lowers_dev_mse(tmp_path, small_stsb, arch):
-    result = run_train(tmp_path / arch, small_stsb, arch=arch, epochs=2, patience=None, metric="mse",
+    result = run_train(tmp_path / arch, small_stsb, arch=arch, epochs=2, patience=0, metric="mse",
                        lr=2e-3 if arch == "cross" else 1e-3)
     history = result.summary["history"]
     before, after = history[0]["dev"]["mse"], min(h["dev"]["mse"] for h in history[1:])
@@ -110,7 +110,7 @@ def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 def test_log_with_tensorboard_writes_loss_lr_and_every_dev_metric(tmp_path, small_stsb):
     pytest.importorskip("tensorboardX", reason="the tracking extra is not installed")
     out = tmp_path / "tb"
-    run_train(out, small_stsb, limit=48, epochs=2, batch_size=8, log_steps=2, patience=None, log_with="tensorboard")
+    run_train(out, small_stsb, limit=48, epochs=2, batch_size=8, log_steps=2, patience=0, log_with="tensorboard")
     scalars = _tensorboard_scalars(out / "trackers")
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [s for s, _ in scalars["train/loss"]] == [e["step"] for e in steps]

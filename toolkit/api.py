@@ -1,75 +1,169 @@
-"""The Python API: each command of the CLI as one function a notebook calls.
+"""The Python API: each command of the CLI as one function a notebook calls, and that the CLI calls.
 
     import toolkit
     toolkit.train(data="stsb:../shared/data/stsb", out="runs/x", epochs=1)
     model = toolkit.load("runs/x")                 # a run, a merged folder or an ONNX bundle
     model.predict([("A plane is taking off.", "An air plane is taking off.")])   # -> np.ndarray
 
-Keyword options are the fields of the config dataclasses (``ModelConfig``, ``TrainConfig``,
-``SourceOptions`` and its ``Columns``, ``ExportConfig``, ``ScoreConfig``, ``WiseConfig``), spelt as
-there, with their defaults: each is defined once, in its dataclass, and routed here by name.
+A function's own parameters are what the command acts on (files, folders); its keyword
+``**options`` are the fields of the config dataclasses ``option_classes`` names for it (nested ones
+included: ``SourceOptions``'s ``Columns``), spelt as there, with their defaults. The CLI is
+generated from the same two places (cli.py), so each option and default is defined once.
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from .errors import ToolkitError
 
-
-def _route(options: dict[str, Any], *classes: type) -> list[dict[str, Any]]:
-    """Split keyword options among the dataclasses that define them (the first that has a name
-    takes it); an unknown name is refused with the valid ones."""
-    names = [{f.name for f in dataclasses.fields(c)} for c in classes]
-    routed: list[dict[str, Any]] = [{} for _ in classes]
-    for key, value in options.items():
-        owner = next((i for i, n in enumerate(names) if key in n), None)
-        if owner is None:
-            raise ToolkitError(f"unknown option {key!r}; valid: {', '.join(sorted(set().union(*names)))}")
-        routed[owner][key] = value
-    return routed
+Say = Optional[Callable[[str], None]]
 
 
-def _source_options(source: dict[str, Any], columns: dict[str, Any], **fixed: Any):
-    """``SourceOptions`` from routed options (column names as ``s1``/``s2``/``score``/``id``/``group``)."""
-    from .sources import Columns, SourceOptions
+def option_classes(command: str) -> tuple[type, ...]:
+    """The config dataclasses whose fields are ``command``'s keyword options (imported here, per
+    command: scoring a bundle imports no torch)."""
+    from .sources import SourceOptions
 
-    return SourceOptions(**{**source, **fixed, "columns": Columns(**columns)})
+    if command == "train":
+        from .model import ModelConfig
+        from .train import DataConfig, TrainConfig
+
+        return ModelConfig, TrainConfig, DataConfig
+    if command == "export":
+        from .export import ExportConfig
+
+        return (ExportConfig,)
+    if command == "score":
+        from .score import ScoreConfig
+        from .score_ray import RayConfig
+
+        return ScoreConfig, RayConfig, SourceOptions
+    if command == "wise":
+        from .wise import WiseConfig
+
+        return WiseConfig, SourceOptions
+    if command in ("check", "evaluate"):
+        return (SourceOptions,)
+    return ()
 
 
-def _source_classes() -> tuple[type, type]:
-    from .sources import Columns, SourceOptions
+def _is_option(cls: type, name: str) -> bool:
+    """Not a ``tyro.conf.Suppress`` field (values a command sets, such as ``need_score``)."""
+    import tyro
 
-    return SourceOptions, Columns
-
-
-def _split_paths(data: Optional[str], train: Optional[str], dev: Optional[str]) -> tuple[str, str]:
-    from .sources import resolve_data_spec
-
-    if data and (train or dev):
-        raise ToolkitError("pass either data= or train=/dev=, not both")
-    if data:
-        splits = resolve_data_spec(data)
-        return str(splits["train"]), str(splits["dev"])
-    if not (train and dev):
-        raise ToolkitError("name the data: data='stsb:FOLDER', or train=FILE and dev=FILE")
-    return train, dev
+    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    return not any(m is tyro.conf.Suppress for m in getattr(hint, "__metadata__", ()))
 
 
-def train(data: Optional[str] = None, *, out: str | Path, train: Optional[str] = None, dev: Optional[str] = None,
+def _leaves(cls: type) -> list[dataclasses.Field]:
+    """Every field of ``cls`` that is an option, nested config classes opened."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _leaves(hints[f.name])
+        elif _is_option(cls, f.name):
+            out.append(f)
+    return out
+
+
+def option_names(command: str) -> list[str]:
+    """``command``'s keyword options, in the order of its config classes (each defined once)."""
+    return [f.name for cls in option_classes(command) for f in _leaves(cls)]
+
+
+def option_fields(config: Any) -> list[tuple[Any, str]]:
+    """(owner, name) of each option in a config instance, nested instances opened."""
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out += option_fields(value)
+        elif _is_option(type(config), f.name):
+            out.append((config, f.name))
+    return out
+
+
+def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
+    from .config_io import plain_to_field
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], options, used)
+        elif f.name in options:
+            kwargs[f.name] = plain_to_field(hints[f.name], options[f.name])
+            used.add(f.name)
+    return cls(**kwargs)
+
+
+def configs(command: str, options: dict[str, Any]) -> list[Any]:
+    """``options`` (flat keyword options) as the instances of ``command``'s config classes; an
+    unknown name is refused with the valid ones."""
+    used: set[str] = set()
+    built = [_build(cls, options, used) for cls in option_classes(command)]
+    unknown = sorted(set(options) - used)
+    if unknown:
+        raise ToolkitError(f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(option_names(command)))}")
+    return built
+
+
+def _data_path(text: str, split: str) -> str:
+    if text.startswith("stsb:"):
+        from .sources import resolve_data_spec
+
+        return str(resolve_data_spec(text)[split])
+    return str(text)
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def check(file: str, *, gold: bool = True, **options: Any):
+    """Validate a pair file; returns the ``CheckResult`` (``ok``, ``lines()``: rows and every problem).
+
+    Args:
+        file: pair file (CSV/TSV/JSONL/Parquet/SQLite)
+        gold: the file has gold scores (--no-gold: pairs to be scored)
+    """
+    from .check import check_file
+
+    (source,) = configs("check", options)
+    return check_file(file, dataclasses.replace(source, need_score=gold))
+
+
+def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Optional[str] = None,
           overwrite: bool = False, resume_if_exists: bool = False, **options: Any):
-    """Train an adapter; returns the ``TrainResult`` (run folder, dev metrics, best epoch).
-    ``data="stsb:FOLDER"`` or ``train=FILE, dev=FILE``; any ``ModelConfig``/``TrainConfig``/source option."""
-    from .model import ModelConfig
-    from .train import DataConfig, TrainConfig, train as train_run
+    """Train an adapter and regression head; returns the ``TrainResult`` (summary, dev predictions).
 
-    model_opts, train_opts, data_opts, source, columns = _route(options, ModelConfig, TrainConfig, DataConfig,
-                                                                 *_source_classes())
-    train_path, dev_path = _split_paths(data, train, dev)
-    return train_run(out, DataConfig(train_path, dev_path, _source_options(source, columns), **data_opts),
-                     ModelConfig(**model_opts), TrainConfig(**train_opts), overwrite=overwrite,
-                     resume_if_exists=resume_if_exists)
+    Args:
+        data: stsb:FOLDER (the STS Benchmark release: its train and dev splits); or train=FILE, dev=FILE
+        out: run directory to write
+        resume: continue this run from its last checkpoint, with the settings it was started with (other options
+            are not used)
+        overwrite: replace a run already in out
+        resume_if_exists: if out already holds this run (same settings), continue it from its last checkpoint, or
+            do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)
+    """
+    from .train import resume as resume_run, train as train_run
+
+    if resume:
+        return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")))
+    if not out:
+        raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
+    model_cfg, cfg, data_cfg = configs("train", options)
+    if data:
+        if data_cfg.train or data_cfg.dev:
+            raise ToolkitError("pass either --data or --train/--dev, not both")
+        data_cfg.train, data_cfg.dev = _data_path(data, "train"), _data_path(data, "dev")
+    elif not (data_cfg.train and data_cfg.dev):
+        raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
+    return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists)
 
 
 def load(path: str | Path, batch_size: int = 128, provider: str = "auto", threads: Optional[int] = None,
@@ -82,52 +176,166 @@ def load(path: str | Path, batch_size: int = 128, provider: str = "auto", thread
     return model.predictor(batch_size=batch_size)
 
 
-def evaluate(model: str | Path, data: str, batch_size: int = 128, **options: Any) -> dict:
-    """Metrics (MSE, RMSE, MAE, Pearson, Spearman, per group) of ``model`` on a gold pair file."""
-    from .evaluate import evaluate_file
+def _open(model: str, provider: str, trust_remote_code: bool, say: Say):
     from .load import load_model
 
-    source, columns = _route(options, *_source_classes())
-    metrics, _, _ = evaluate_file(load_model(model), data, _source_options(source, columns), batch_size=batch_size)
+    opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider)
+    if hasattr(opened, "describe"):
+        (say or _quiet)(f"model: {model} on {opened.describe()}")
+    return opened
+
+
+def predict(model: str, sentence1: str, sentence2: str, *, provider: Literal["auto", "cpu", "cuda"] = "auto",
+            trust_remote_code: bool = False, say: Say = None) -> float:
+    """The score of one pair.
+
+    Args:
+        model: run directory, merged folder or ONNX bundle
+        sentence1: first sentence
+        sentence2: second sentence
+        provider: ONNX Runtime provider for a bundle (auto: CPU for int8, CUDA for fp32/fp16 where it runs)
+        trust_remote_code: allow a model folder's own code (auto_map)
+    """
+    if not sentence1.strip() or not sentence2.strip():
+        raise ToolkitError("predict: both sentences must be non-empty")
+    opened = _open(model, provider, trust_remote_code, say)
+    return float(opened.predictor().predict([sentence1], [sentence2])[0])
+
+
+def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str] = None,
+             plot: Optional[str] = None, provider: Literal["auto", "cpu", "cuda"] = "auto",
+             trust_remote_code: bool = False, say: Say = None, **options: Any) -> dict:
+    """Metrics (MSE, RMSE, MAE, Pearson, Spearman with bootstrap intervals, per group) of ``model``
+    on a gold pair file; bad rows skipped and metric warnings go to ``say``.
+
+    Args:
+        model: run directory, merged folder or ONNX bundle
+        data: pair file (or stsb:FOLDER for its test split)
+        batch_size: pairs per forward pass
+        json: write the metrics here
+        plot: write a predicted-vs-gold PNG here
+        provider: ONNX Runtime provider for a bundle (auto: CPU for int8, CUDA for fp32/fp16 where it runs)
+        trust_remote_code: allow a model folder's own code (auto_map)
+    """
+    from .evaluate import evaluate_file
+
+    (source,) = configs("evaluate", options)
+    opened = _open(model, provider, trust_remote_code, say)
+    metrics, warnings, skipped = evaluate_file(opened, _data_path(data, "test"), source, batch_size=batch_size,
+                                               json_path=json, plot_path=plot)
+    for line in ([skipped] if skipped else []) + [f"warning: {w}" for w in warnings]:
+        (say or _quiet)(line)
     return metrics
 
 
-def export(model: str | Path, out: str | Path, format: str = "onnx", overwrite: bool = False, **options: Any):
-    """A verified ONNX bundle of a run or merged folder (``quantize="int8"``, ``fp16=True``, ...;
-    returns its metadata), or with ``format="sentence-transformers"`` a folder that
-    ``SentenceTransformer``/``CrossEncoder`` loads (returns its path)."""
+def merge(run: str, out: str, *, overwrite: bool = False) -> Path:
+    """Fold a LoRA/IA3 run into the base weights: a plain transformers model folder; returns it.
+
+    Args:
+        run: run directory
+        out: merged model directory to write
+        overwrite: replace a folder already in out
+    """
+    from .merge import merge_run
+
+    return merge_run(run, out, overwrite=overwrite)
+
+
+def export(model: str, out: str, *, format: Literal["onnx", "sentence-transformers"] = "onnx",
+           overwrite: bool = False, say: Say = None, **options: Any):
+    """A verified ONNX bundle of a run or merged folder (returns its metadata), or a folder that
+    ``SentenceTransformer``/``CrossEncoder`` loads (returns its path).
+
+    Args:
+        model: run directory or merged model directory
+        out: folder to write
+        format: onnx = ONNX + ONNX Runtime bundle (--onnx); sentence-transformers = a folder
+            SentenceTransformer(path) (bi) or CrossEncoder(path) (cross) loads, for LoRA/IA3 runs
+            (--sentence-transformers)
+        overwrite: replace a folder already in out
+    """
+    (cfg,) = configs("export", options)
     if format == "sentence-transformers":
         from .st_folders import export_sentence_transformers
 
-        if options:
-            raise ToolkitError(f"format='sentence-transformers' takes no options (got {', '.join(options)})")
-        return export_sentence_transformers(model, out, overwrite=overwrite, log=lambda line: None)
+        changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
+        if changed:
+            raise ToolkitError(f"--sentence-transformers takes no ONNX options (got --{changed[0].replace('_', '-')})")
+        return export_sentence_transformers(model, out, overwrite=overwrite, log=say or _quiet)
     if format != "onnx":
         raise ToolkitError(f"format={format!r}: choose 'onnx' or 'sentence-transformers'")
-    from .export import ExportConfig, export_onnx
+    from .export import export_onnx
 
-    (cfg,) = _route(options, ExportConfig)
-    return export_onnx(model, out, ExportConfig(**cfg), overwrite=overwrite, log=lambda line: None)
-
-
-def score(model: str | Path, data: str, out: str, **options: Any):
-    """Score a pair file of any size into ``out`` (exactly once, resumable); returns the summary.
-    Options: ``ScoreConfig``'s and the source's (``id="pair_id"``, ``policy="skip"``, ...)."""
-    from .score import ScoreConfig, score_file
-
-    cfg, source, columns = _route(options, ScoreConfig, *_source_classes())
-    return score_file(str(model), data, out, _source_options(source, columns, need_score=False),
-                      ScoreConfig(**{"progress": False, **cfg}))
+    return export_onnx(model, out, cfg, overwrite=overwrite, log=say or _quiet)
 
 
-def wise(run: str | Path, out: str | Path, sets: Sequence[tuple[str, str, str]] = (), choose: bool = False,
-         overwrite: bool = False, **options: Any):
-    """WiSE-FT: sweep α between the zero-shot and fine-tuned weights over ``sets`` (``(name, path,
-    role)``, role ``id``/``ood``/``test``; the run's dev split is the default ``id`` set); with
-    ``choose``, ``out`` becomes a run holding the α chosen on the ``id`` set."""
-    from .wise import EvalSet, WiseConfig, wise as run_wise
+def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = "local", **options: Any):
+    """Score a pair file of any size into ``out``, exactly once and resumable (a rerun continues);
+    returns the ``ScoreSummary``.
 
-    cfg, source, columns = _route(options, WiseConfig, *_source_classes())
-    return run_wise(run, out, [EvalSet(*s) for s in sets], _source_options(source, columns),
-                    WiseConfig(**{"progress": False, **cfg}), choose=choose, overwrite=overwrite,
-                    say=lambda line: None)
+    Args:
+        model: ONNX bundle or run directory
+        data: pair file (CSV/TSV/JSONL/Parquet/SQLite); --engine ray: also a folder of them
+        out: output file (.parquet/.csv/.tsv/.jsonl) or folder/ (--engine ray: a folder of Parquet files)
+        engine: local = this process; ray = Ray Data on RAY_ADDRESS's cluster or a local Ray
+    """
+    cfg, ray_cfg, source = configs("score", options)
+    source = dataclasses.replace(source, need_score=False)
+    if engine == "ray":
+        from .score_ray import score_ray
+
+        return score_ray(str(model), data, out, source, cfg, ray_cfg)
+    from .score import score_file
+
+    return score_file(str(model), data, out, source, cfg)
+
+
+def _eval_set(text: str, role: str, split: str):
+    """``[NAME=]PATH`` (``stsb:FOLDER`` takes the split the role reads)."""
+    from .wise import EvalSet
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or "/" in name or name.startswith("stsb:"):
+        name, path = "", text
+    path = _data_path(path, split)
+    return EvalSet(name or Path(path).stem, path, role)
+
+
+def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (), test: Sequence[str] = (),
+         start: Optional[str] = None, choose: bool = False, overwrite: bool = False, say: Say = None,
+         **options: Any):
+    """WiSE-FT: interpolate a run between its start and its trained weights, sweep α on in-distribution
+    and shifted sets (results.jsonl, wise.png); with ``choose``, ``out`` becomes a run holding the α
+    chosen on the ``id`` set. Returns the ``WiseResult``.
+
+    Args:
+        run: run directory (θ1)
+        out: folder for results.jsonl and wise.png (with choose: a run)
+        id: [NAME=]FILE, in-distribution held-out set; α is chosen on it (default: the run's dev file;
+            stsb:FOLDER takes its dev split)
+        ood: [NAME=]FILE, shifted sets (repeat the flag)
+        test: [NAME=]FILE, more in-distribution sets, reported and never used to choose (repeat the flag)
+        start: θ0 = another run of the same model and adapter (default: the weights this run's training started
+            from)
+        choose: save the chosen α as a run in out (rule: best id metric; within tie of it, the smallest α)
+        overwrite: replace a folder already in out
+    """
+    from .wise import wise as run_wise
+
+    cfg, source = configs("wise", options)
+    sets = [_eval_set(id, "id", "dev")] if id else []
+    sets += [_eval_set(t, "ood", "test") for t in ood] + [_eval_set(t, "test", "test") for t in test]
+    return run_wise(run, out, sets, source, cfg, start_dir=start, choose=choose, overwrite=overwrite,
+                    say=say or _quiet)
+
+
+def shift_splits(stsb: str, *, out: str) -> dict[str, dict[str, int]]:
+    """Write STS-B genre-shift splits (train on two genres, test on the third); returns the row counts.
+
+    Args:
+        stsb: the STS-B release folder
+        out: folder for heldout-{captions,news,forum}/
+    """
+    from .shift import write_genre_shift
+
+    return write_genre_shift(stsb, out)

@@ -92,54 +92,18 @@ class Bundle(PairScorer):
         super().__init__(OnnxEngine(session, tokenizer, metadata), labels["offset"], labels["scale"], batch_size=64)
         self.folder = folder
         self.metadata = metadata
-        self.session = session
-        self.tokenizer = tokenizer
+
+    @property
+    def session(self):
+        return self.engine.session
 
     @classmethod
     def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto") -> "Bundle":
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        meta_path = folder / METADATA
-        if not meta_path.is_file():
-            raise ToolkitError(f"{folder}: not a bundle (no {METADATA})")
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ToolkitError(f"{meta_path}: unreadable metadata ({e})") from None
-        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-            raise ToolkitError(f"{meta_path}: not a toolkit bundle's metadata (format != {FORMAT})")
-        for key in ("files", "arch", "labels", "inputs", "output", "max_length"):
-            if key not in metadata:
-                raise ToolkitError(f"{meta_path}: metadata lacks {key!r}")
-        for name in (MODEL, TOKENIZER):
-            if name not in metadata["files"]:
-                raise ToolkitError(f"{meta_path}: no sha256 recorded for {name}")
-        for name, digest in metadata["files"].items():
-            path = folder / name
-            if not path.is_file():
-                raise ToolkitError(f"{folder}: bundle file {name} is missing")
-            if sha256_file(path) != digest:
-                raise ToolkitError(f"{path}: sha256 does not match the bundle's metadata (modified or corrupted)")
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        chosen = choose_providers(str(metadata.get("variant")), provider, ort.get_available_providers())
-        try:
-            session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen)
-        except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
-            raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({first_line(e)})") from None
-        got_inputs = [i.name for i in session.get_inputs()]
-        if sorted(got_inputs) != sorted(metadata["inputs"]):
-            raise ToolkitError(f"{folder / MODEL}: graph inputs {got_inputs} are not the bundle's {metadata['inputs']}")
-        got_outputs = [o.name for o in session.get_outputs()]
-        if metadata["output"] not in got_outputs:
-            raise ToolkitError(f"{folder / MODEL}: graph outputs {got_outputs} lack {metadata['output']!r}")
-
+        metadata = _verified_metadata(folder)
+        session = _session(folder, metadata, threads, provider)
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
         tokenizer.enable_truncation(int(metadata["max_length"]))
         tokenizer.no_padding()
@@ -163,3 +127,52 @@ class Bundle(PairScorer):
         """The bundle scores itself; ``device`` is chosen by its providers at load."""
         self.batch_size = batch_size
         return self
+
+
+def _verified_metadata(folder: Path) -> dict:
+    """The bundle's metadata, once every file it lists matches its recorded sha256."""
+    meta_path = folder / METADATA
+    if not meta_path.is_file():
+        raise ToolkitError(f"{folder}: not a bundle (no {METADATA})")
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ToolkitError(f"{meta_path}: unreadable metadata ({e})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ToolkitError(f"{meta_path}: not a toolkit bundle's metadata (format != {FORMAT})")
+    for key in ("files", "arch", "labels", "inputs", "output", "max_length"):
+        if key not in metadata:
+            raise ToolkitError(f"{meta_path}: metadata lacks {key!r}")
+    for name in (MODEL, TOKENIZER):
+        if name not in metadata["files"]:
+            raise ToolkitError(f"{meta_path}: no sha256 recorded for {name}")
+    for name, digest in metadata["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ToolkitError(f"{folder}: bundle file {name} is missing")
+        if sha256_file(path) != digest:
+            raise ToolkitError(f"{path}: sha256 does not match the bundle's metadata (modified or corrupted)")
+    return metadata
+
+
+def _session(folder: Path, metadata: dict, threads: Optional[int], provider: str):
+    """An ONNX Runtime session on the chosen provider, its inputs and output checked against the metadata."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    chosen = choose_providers(str(metadata.get("variant")), provider, ort.get_available_providers())
+    try:
+        session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen)
+    except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
+        raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({first_line(e)})") from None
+    got_inputs = [i.name for i in session.get_inputs()]
+    if sorted(got_inputs) != sorted(metadata["inputs"]):
+        raise ToolkitError(f"{folder / MODEL}: graph inputs {got_inputs} are not the bundle's {metadata['inputs']}")
+    got_outputs = [o.name for o in session.get_outputs()]
+    if metadata["output"] not in got_outputs:
+        raise ToolkitError(f"{folder / MODEL}: graph outputs {got_outputs} lack {metadata['output']!r}")
+    return session

@@ -57,7 +57,7 @@ def check_file(path: str | Path, options: SourceOptions) -> CheckResult:
             scores.append(chunk.scores)
         if chunk.groups is not None:
             groups.update(chunk.groups)
-        if source.columns.id is not None:
+        if source.columns.id_col is not None:
             ids.update(chunk.ids)
     stats = None
     if scores and sum(len(s) for s in scores):

@@ -1,3 +1,15 @@
-"""Architectures and adapter types: the CLI lists them without importing torch (bundles run without it)."""
-ARCHS = ("bi", "cross")
-ADAPTERS = ("seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "none")
+"""Closed sets of values, as ``Literal`` types: the config fields' annotations, the CLI's choices and
+the validation all read them from here (without importing torch: bundles run without it)."""
+from typing import Literal, get_args
+
+Arch = Literal["bi", "cross"]
+Adapter = Literal["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "none"]
+Metric = Literal["spearman", "pearson", "mse", "rmse", "mae"]
+Provider = Literal["auto", "cpu", "cuda"]
+Format = Literal["auto", "csv", "tsv", "stsb", "jsonl", "parquet", "sqlite", "datasets"]
+Policy = Literal["fail", "skip", "collect"]
+
+ARCHS: tuple[str, ...] = get_args(Arch)
+ADAPTERS: tuple[str, ...] = get_args(Adapter)
+FORMATS: tuple[str, ...] = get_args(Format)
+POLICIES: tuple[str, ...] = get_args(Policy)

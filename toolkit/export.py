@@ -18,7 +18,7 @@ import warnings
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from . import __version__
 from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
+from .choices import Provider
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json
 from .labels import LabelScale
@@ -37,15 +38,19 @@ from .sources import SourceOptions, read_pairs
 
 @dataclass
 class ExportConfig:
-    fp16: bool = False
-    quantize: Optional[str] = None  # "int8"
-    opset: int = 18
-    verify_data: Optional[str] = None  # pair file for the gate; default: the run's dev file
-    verify_pairs: int = 256  # fp32 gate sample
-    max_abs_diff: float = 1e-4  # fp32 gate, on the score scale
-    max_spearman_drop: float = 0.3  # fp16/int8 gate, Spearman points on the dev file
-    threads: Optional[int] = None
-    provider: str = "auto"  # the gate runs where the bundle will serve (bundle.choose_providers)
+    """The ONNX bundle: precision, and the gate it must pass before it is written."""
+
+    fp16: bool = False  # fp16 weights and activations (for GPUs)
+    quantize: Optional[Literal["int8"]] = None  # int8 dynamic quantisation (for CPUs)
+    opset: int = 18  # ONNX opset
+    verify_data: Optional[str] = None  # pair file for the verification gate (default: the run's dev file)
+    verify_pairs: int = 256  # pairs compared with PyTorch for fp32
+    max_abs_diff: float = 1e-4  # fp32 gate: largest score difference from PyTorch allowed
+    max_spearman_drop: float = 0.3  # fp16/int8 gate: Spearman points lost on the dev file allowed
+    threads: Optional[int] = None  # ONNX Runtime threads for the verification
+    provider: Provider = "auto"
+    """the verification gate runs on the provider that will serve the bundle: auto = CPU for int8, CUDA for
+    fp32/fp16 where onnxruntime has it"""
 
     @property
     def variant(self) -> str:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+import tyro
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .choices import ADAPTERS, ARCHS
+from .choices import ADAPTERS, ARCHS, Adapter, Arch
 from .errors import ToolkitError
 from .loading import DEFAULT_MODEL, load_adapter_model
 
@@ -30,19 +31,21 @@ HEAD_WEIGHTS = "model_head.safetensors"
 
 @dataclass
 class ModelConfig:
-    """What to build; saved in the run directory so that nothing is passed twice."""
+    """What to build; saved in the run directory, so later commands take no model options."""
 
-    base_model: str = DEFAULT_MODEL
-    arch: str = "bi"
-    adapter: str = "seq_bn"
-    reduction_factor: Optional[float] = None  # bottleneck width = hidden / this (library default)
-    lora_r: int = 8
-    lora_alpha: Optional[float] = None  # None: equal to r (scaling 1)
-    max_length: int = 128
-    head_layers: int = 2
-    dropout: Optional[float] = None  # every dropout layer's rate; None keeps the model's own (0.1 for BERT)
-    fused_kernel: str = "auto"  # Triton bottleneck kernel: auto (on with CUDA + Triton) | on | off
-    trust_remote_code: bool = False
+    base_model: Annotated[str, tyro.conf.arg(aliases=("--model",))] = DEFAULT_MODEL
+    """short name or local model folder"""
+    arch: Arch = "bi"  # bi: cosine of two embeddings; cross: joint encoding + head
+    adapter: Adapter = "seq_bn"  # adapter type; none = full fine-tuning
+    reduction_factor: Optional[float] = None  # bottleneck adapters: hidden size / bottleneck width (default: library's)
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: Optional[float] = None  # LoRA alpha (default: equal to the rank: scaling 1)
+    max_length: int = 128  # tokens per input
+    head_layers: int = 2  # cross-encoders: layers of the regression head
+    dropout: Optional[float] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
+    fused_kernel: Literal["auto", "on", "off"] = "auto"
+    """Triton kernel for bottleneck adapters (auto: on with a CUDA GPU and Triton)"""
+    trust_remote_code: bool = False  # allow a model folder's own code (auto_map)
 
     def validate(self) -> None:
         if self.arch not in ARCHS:

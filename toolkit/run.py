@@ -19,6 +19,7 @@ import torch
 
 from . import __version__
 from .batching import PairTokenizer
+from .config_io import from_dict
 from .errors import ToolkitError
 from .io_utils import read_json, write_json
 from .labels import LabelScale
@@ -74,10 +75,10 @@ def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: 
         raise ToolkitError(f"{folder}: not a run directory (no {CONFIG}); train one with `toolkit train`")
     config = read_json(folder / CONFIG)
     try:
-        model_cfg = ModelConfig(**config["model"])
+        model_cfg = from_dict(ModelConfig, config["model"], str(folder / CONFIG))
         labels = LabelScale.from_dict(config["labels"])
         base = config["base_model"]
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ToolkitError) as e:
         raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
     model_cfg.trust_remote_code = caller_trust(folder / CONFIG, config["model"], trust_remote_code)
     model_cfg.fused_kernel = fused_kernel

@@ -38,9 +38,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import __version__
+from .choices import Provider
 from .compare import differences, summarize
 from .errors import ToolkitError, first_line
 from .failpoints import crash_point
+from .option_types import Shard
 from .io_utils import atomic_path, fsync_dir, read_json, write_json
 from .sources import PairChunk, PairSource, SourceOptions
 
@@ -50,14 +52,18 @@ OUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "j
 
 @dataclass
 class ScoreConfig:
-    chunk_size: int = 8192  # input records per part
-    batch_size: int = 64
-    threads: Optional[int] = None  # ONNX Runtime intra-op threads (torch: torch.set_num_threads)
-    shard: Optional[tuple[int, int]] = None  # (i, n), 0-based
-    restart: bool = False
-    keep_cols: tuple[str, ...] = ()
-    progress: bool = True
-    provider: str = "auto"  # bundles: ONNX Runtime provider (auto, cpu, cuda); see bundle.choose_providers
+    """How to score: parts, batches, threads; the manifest keeps those that change the output."""
+
+    chunk_size: int = 8192  # input records per part (the unit of resumption)
+    batch_size: int = 64  # pairs per forward pass
+    threads: Optional[int] = None
+    """ONNX Runtime / torch threads (default: all cores; --engine ray: per actor, default 1)"""
+    shard: Optional[Shard] = None  # score only shard I of N (0-based)
+    restart: bool = False  # discard an earlier attempt's parts and start over
+    keep_cols: tuple[str, ...] = ()  # input columns to copy into the output
+    progress: bool = True  # progress bar with rate and ETA (--quiet: none)
+    provider: Provider = "auto"
+    """ONNX Runtime provider for a bundle: auto = CPU for int8, CUDA for fp32/fp16 where onnxruntime has it"""
 
     def validate(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1:
@@ -169,7 +175,13 @@ def _assemble(parts_dir: Path, parts: list[dict], out: Path, expected: int) -> i
 # -- the manifest ------------------------------------------------------------------------------------------
 def _input_fingerprint(path: Path) -> dict:
     """Size, modification time and the hash of the first and last MiB: a changed file is caught
-    without reading all of it again."""
+    without reading all of it again. A folder (a datasets save_to_disk) is the sum of its files."""
+    if path.is_dir():
+        files = [_input_fingerprint(f) for f in sorted(path.iterdir()) if f.is_file()]
+        digest = hashlib.sha256(json.dumps([[f["path"], f["size"], f["mtime_ns"], f["head_tail_sha256"]]
+                                            for f in files]).encode()).hexdigest()
+        return {"path": str(path.resolve()), "size": sum(f["size"] for f in files),
+                "mtime_ns": max((f["mtime_ns"] for f in files), default=0), "head_tail_sha256": digest}
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -24,16 +24,18 @@ from tqdm.auto import tqdm
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from .compare import differences, summarize
+from .config_io import from_dict
 from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
 from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import caller_trust, load_tokenizer, resolve_model
+from .choices import Metric
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
-from .sources import Columns, PairChunk, PairSource, SourceOptions, read_pairs
+from .sources import PairChunk, PairSource, SourceOptions, read_pairs
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 DEFAULT_LR = {"none": 2e-5}
@@ -43,26 +45,32 @@ LOG, STEPS_LOG = "train_log.jsonl", "steps.jsonl"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 16  # per device
-    global_batch_size: Optional[int] = None  # if set: per device = this / (processes x grad_accum)
-    grad_accum: int = 1
-    lr: Optional[float] = None  # None: DEFAULT_LR for the adapter type
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    precision: str = "auto"  # auto (the accelerate config's, else no) | no | bf16 | fp16
-    group_by_length: bool = True
-    patience: Optional[int] = 2  # epochs without dev improvement before stopping; None: never
-    metric: str = "spearman"
-    eval_batch_size: int = 128
-    normalize: str = "auto"  # range | zscore | auto (range when a score range is declared)
-    save_steps: int = 0  # also checkpoint every N optimiser steps (0: at epoch ends only)
-    keep_checkpoint: bool = False  # keep the resumable checkpoint after a finished run
-    head_init: str = "random"  # cross-encoders: random | lp (linear probe first: LP-FT, needed by `toolkit wise`)
-    log_steps: int = 10  # log the training loss every N optimiser steps (reduced across processes only then)
-    log_with: Optional[str] = None  # also to a tracker accelerate supports (tensorboard, wandb, mlflow, ...)
+    """How to train; saved in the run directory (a rerun with other settings is refused)."""
+
+    epochs: int = 4  # passes over the training file
+    batch_size: int = 16  # pairs per device and step
+    global_batch_size: Optional[int] = None
+    """effective batch; per device = this / (processes x accumulation), which must divide it"""
+    grad_accum: int = 1  # gradient accumulation steps
+    lr: Optional[float] = None  # learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)
+    weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
+    warmup_ratio: float = 0.1  # linear warm-up, as a fraction of the optimiser steps
+    max_grad_norm: float = 1.0  # gradient clipping
+    seed: int = 42  # weights, shuffling and dropout
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # mixed precision; auto: the accelerate config's, else no
+    group_by_length: bool = True  # batches of pairs of similar length (--no-group-by-length: plain shuffled batches)
+    patience: int = 2  # early stopping: epochs without a dev improvement; 0 disables
+    metric: Metric = "spearman"  # dev metric for model selection
+    eval_batch_size: int = 128  # dev evaluation batch
+    normalize: Literal["auto", "range", "zscore"] = "auto"  # target scaling (auto: the declared range, else z-score)
+    save_steps: int = 0  # also checkpoint every N optimiser steps for --resume (0: at epoch ends only)
+    keep_checkpoint: bool = False  # keep the resumable checkpoint after the run
+    head_init: Literal["random", "lp"] = "random"
+    """cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); `toolkit wise` needs it"""
+    log_steps: int = 10  # log the training loss (mean over processes) every N optimiser steps
+    log_with: Optional[str] = None
+    """also log loss, learning rate and dev metrics to an accelerate tracker: tensorboard (event files under
+    RUN/trackers/; the 'tracking' extra), wandb, mlflow, ..."""
 
     def resolved_lr(self, adapter: str) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
@@ -103,25 +111,19 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    train: str
-    dev: str
+    """The training and dev files and how to read them; saved in the run directory."""
+
+    train: Optional[str] = None  # training pair file
+    dev: Optional[str] = None  # dev pair file (model selection, early stopping)
     source: SourceOptions = field(default_factory=SourceOptions)
-    dev_table: Optional[str] = None
-    dev_query: Optional[str] = None
+    dev_table: Optional[str] = None  # SQLite: table for the dev split (--table applies to --train)
+    dev_query: Optional[str] = None  # SQLite: query for the dev split
 
     def dev_options(self) -> SourceOptions:
         opts = dataclasses.replace(self.source)
         if self.dev_table or self.dev_query:
             opts.table, opts.query = self.dev_table, self.dev_query
         return opts
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataConfig":
-        source = dict(d["source"])
-        source["columns"] = Columns(**source["columns"])
-        if source.get("score_range") is not None:
-            source["score_range"] = tuple(source["score_range"])
-        return cls(d["train"], d["dev"], SourceOptions(**source), d.get("dev_table"), d.get("dev_query"))
 
 
 @dataclass
@@ -658,10 +660,10 @@ def resume(run_dir: str | Path, trust_remote_code: bool = False) -> TrainResult:
         raise ToolkitError(f"{run_dir}: not a run directory (no {CONFIG})")
     config = read_json(run_dir / CONFIG)
     try:
-        model_cfg = ModelConfig(**config["model"])
-        cfg = TrainConfig(**config["train"])
-        data = DataConfig.from_dict(config["data"])
-    except (KeyError, TypeError) as e:
+        model_cfg = from_dict(ModelConfig, config["model"], str(run_dir / CONFIG))
+        cfg = from_dict(TrainConfig, config["train"], str(run_dir / CONFIG))
+        data = from_dict(DataConfig, config["data"], str(run_dir / CONFIG))
+    except (KeyError, TypeError, ToolkitError) as e:
         raise ToolkitError(f"{run_dir / CONFIG}: cannot resume a run of another version ({e})") from None
     model_cfg.trust_remote_code = caller_trust(run_dir / CONFIG, config["model"], trust_remote_code)
     return train(run_dir, data, model_cfg, cfg, resume=True)

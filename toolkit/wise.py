@@ -26,8 +26,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .choices import Metric
 from .errors import ToolkitError
 from .io_utils import atomic_dir, atomic_path, write_json
+from .option_types import Alphas, parse_alphas  # noqa: F401  (parse_alphas: re-exported)
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from .model import PairRegressor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, Run, load_run
@@ -48,11 +50,14 @@ class EvalSet:
 
 @dataclass
 class WiseConfig:
-    alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 10) for i in range(11)])
-    metric: str = "spearman"
-    tie: float = 0.001  # ID metric within this of the best counts as a tie; ties go to the smaller α
-    batch_size: int = 128
-    progress: bool = True
+    """The α sweep and the rule that chooses α."""
+
+    alphas: Alphas = field(default_factory=lambda: [round(0.1 * i, 10) for i in range(11)])
+    """α values: START:STOP:STEP (stop included) or a list A,B,C"""
+    metric: Metric = "spearman"  # the metric α is chosen by
+    tie: float = 0.001  # metric difference counted as a tie; ties go to the smaller α (0.001 = 0.1 Spearman points)
+    batch_size: int = 128  # pairs per forward pass
+    progress: bool = True  # progress bar with rate and ETA (--quiet: none)
 
     def validate(self) -> None:
         if not self.alphas:
@@ -63,22 +68,6 @@ class WiseConfig:
             raise ToolkitError(f"--metric must be one of {', '.join(HIGHER_IS_BETTER)}")
         if self.tie < 0:
             raise ToolkitError("--tie must be 0 or more")
-
-
-def parse_alphas(text: str) -> list[float]:
-    """``0:1:0.1`` (start:stop:step, stop included) or ``0,0.5,1``."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9))
-            values = [round(start + i * step, 10) for i in range(n + 1)]
-        else:
-            values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise ToolkitError(f"--alphas {text!r}: expected START:STOP:STEP (e.g. 0:1:0.1) or a list (0,0.5,1)") from None
-    return sorted(set(values))
 
 
 # -- endpoints ---------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class DelimitedReader(Reader):
         header = next(csv.reader([first_line], delimiter=self.delimiter), [])
         header = [h.strip() for h in header]
         if fmt == "stsb" or (
-            cols.s1 not in header and self.delimiter == "\t" and looks_like_stsb(first_line)
+            cols.s1_col not in header and self.delimiter == "\t" and looks_like_stsb(first_line)
         ):
             self.layout = "stsb"
             self.has_header = False

@@ -1,36 +1,45 @@
-"""How to read a pair file: which columns hold what, which format, what to do with bad rows."""
+"""How to read a pair file: which columns hold what, which format, what to do with bad rows.
+
+These fields are options of every command that reads pairs (``--s1-col``, ``--score-range``, ...):
+the comment after each is its help text, its type its parser."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
-FORMATS = ("auto", "csv", "tsv", "stsb", "jsonl", "parquet", "sqlite")
-POLICIES = ("fail", "skip", "collect")
+import tyro
+
+from ..choices import FORMATS, POLICIES, Format, Policy  # noqa: F401  (FORMATS, POLICIES: re-exported)
+from ..option_types import ScoreRange
 
 
 @dataclass
 class Columns:
-    """Column (or JSON field) names. ``id`` and ``group`` are optional."""
+    """Column (or JSON field) names; the id and group columns are optional."""
 
-    s1: str = "sentence1"
-    s2: str = "sentence2"
-    score: str = "score"
-    id: Optional[str] = None
-    group: Optional[str] = None
+    s1_col: str = "sentence1"  # first sentence column
+    s2_col: str = "sentence2"  # second sentence column
+    score_col: str = "score"  # gold score column
+    id_col: Optional[str] = None  # pair id column (default: the row number)
+    group_col: Optional[str] = None
+    """column for per-group metrics (STS-B release: genre)"""
 
 
 @dataclass
 class SourceOptions:
-    """Everything a reader needs besides the path; shared by check, train, eval and score."""
+    """Everything a reader needs besides the path; shared by check, train, eval, score and wise."""
 
     columns: Columns = field(default_factory=Columns)
-    format: str = "auto"
-    table: Optional[str] = None  # SQLite: read this table ...
-    query: Optional[str] = None  # ... or the rows of this query
-    quoting: str = "auto"  # CSV/TSV: "csv" (RFC 4180 quotes), "none" (quotes are text), auto
-    score_range: Optional[tuple[float, float]] = None  # declared range; rows outside it are bad
-    need_score: bool = True  # False when only predicting
-    policy: str = "fail"  # fail: stop at the first bad row; skip: drop and count; collect: keep all
-    limit: Optional[int] = None  # stop after this many good rows
-    chunk_size: int = 8192
-    keep_cols: tuple[str, ...] = ()  # extra columns carried through, as text (scoring output)
+    format: Format = "auto"
+    """override the format the extension implies (a datasets save_to_disk folder is found by its state.json)"""
+    table: Optional[str] = None  # SQLite: table to read
+    query: Optional[str] = None  # SQLite: SELECT whose rows to read
+    quoting: Literal["auto", "csv", "none"] = "auto"
+    """CSV/TSV quotes: csv = RFC 4180, none = quotes are text (auto: none for the STS-B release)"""
+    score_range: Optional[ScoreRange] = None  # declared score range; rows outside it are bad (STS-B release: 0:5)
+    policy: Policy = "fail"
+    """bad rows: fail = stop at the first; skip = drop, count and report them (also --skip-bad-rows)"""
+    limit: Optional[int] = None  # read at most this many good rows per file
+    need_score: tyro.conf.Suppress[bool] = True  # set by the command: False when only predicting
+    chunk_size: tyro.conf.Suppress[int] = 8192  # records per read; `score` sets it (ScoreConfig.chunk_size)
+    keep_cols: tyro.conf.Suppress[tuple[str, ...]] = ()  # carried through as text; `score` sets it (ScoreConfig)

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import BadInputError, show, show_names, show_path
 from .base import Reader
 from .delimited import DelimitedReader
+from .hf_dataset import HFDatasetReader, is_dataset_folder
 from .jsonl import JsonlReader
 from .options import FORMATS, POLICIES, Columns, SourceOptions
 from .parquet import ParquetReader
@@ -33,6 +34,8 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         raise BadInputError(f"unknown format {show(fmt, 30)} (formats: {', '.join(FORMATS[1:])})")
     if fmt != "auto":
         return fmt
+    if is_dataset_folder(path):
+        return "datasets"
     found = EXTENSIONS.get(path.suffix.lower())
     if found is None:
         raise BadInputError(
@@ -49,6 +52,8 @@ def make_reader(path: Path, options: SourceOptions) -> Reader:
         return JsonlReader(path, options)
     if fmt == "parquet":
         return ParquetReader(path, options)
+    if fmt == "datasets":
+        return HFDatasetReader(path, options)
     return SqliteReader(path, options)
 
 
@@ -87,13 +92,13 @@ class PairSource:
         cols = dataclasses.replace(options.columns)
         self.score_range = options.score_range
         if self.reader.layout == "stsb":
-            cols.group = cols.group or "genre"
+            cols.group_col = cols.group_col or "genre"
             self.score_range = self.score_range or STSB_SCORE_RANGE
         if self.score_range is not None and not self.score_range[0] < self.score_range[1]:
             raise BadInputError(f"score range {self.score_range} is empty: give LOW:HIGH with LOW < HIGH")
         self.columns: Columns = cols
-        self.needed = [cols.s1, cols.s2]
-        for name in (cols.score if options.need_score else None, cols.id, cols.group, *options.keep_cols):
+        self.needed = [cols.s1_col, cols.s2_col]
+        for name in (cols.score_col if options.need_score else None, cols.id_col, cols.group_col, *options.keep_cols):
             if name is not None and name not in self.needed:
                 self.needed.append(name)
         names = self.reader.names
@@ -112,7 +117,7 @@ class PairSource:
 
     @property
     def has_groups(self) -> bool:
-        return self.columns.group is not None
+        return self.columns.group_col is not None
 
     def chunks(self, keep_empty: bool = False) -> Iterator[PairChunk]:
         """Validated chunks in file order. ``keep_empty``: also chunks whose rows were all bad, so
@@ -139,26 +144,26 @@ class PairSource:
         cols, opts = self.columns, self.options
         ids, s1, s2, scores, groups, locs = [], [], [], [], [], []
         problems: list[tuple[int, str]] = []
-        c1, c2 = raw.columns[cols.s1], raw.columns[cols.s2]
-        cs = raw.columns[cols.score] if opts.need_score else None
-        ci = raw.columns[cols.id] if cols.id else None
-        cg = raw.columns[cols.group] if cols.group else None
+        c1, c2 = raw.columns[cols.s1_col], raw.columns[cols.s2_col]
+        cs = raw.columns[cols.score_col] if opts.need_score else None
+        ci = raw.columns[cols.id_col] if cols.id_col else None
+        cg = raw.columns[cols.group_col] if cols.group_col else None
         extra: dict[str, list[str]] = {name: [] for name in opts.keep_cols}
         end = None  # the location where the limit was reached: nothing after it counts
         for k, loc in enumerate(raw.locs):
             if remaining is not None and len(ids) >= remaining:
                 end = loc
                 break
-            problem = text_problem(c1[k], cols.s1) or text_problem(c2[k], cols.s2)
+            problem = text_problem(c1[k], cols.s1_col) or text_problem(c2[k], cols.s2_col)
             score = 0.0
             if problem is None and cs is not None:
-                score, problem = parse_score(cs[k], cols.score, self.score_range)
+                score, problem = parse_score(cs[k], cols.score_col, self.score_range)
             ident = str(raw.rows[k])
             if problem is None and ci is not None:
-                ident, problem = label_problem(ci[k], cols.id)
+                ident, problem = label_problem(ci[k], cols.id_col)
             group = ""
             if problem is None and cg is not None:
-                group, problem = label_problem(cg[k], cols.group)
+                group, problem = label_problem(cg[k], cols.group_col)
             if problem is not None:
                 problems.append((loc, problem))
                 continue
