@@ -46,12 +46,17 @@ def test_readme_python_block_runs(tmp_path, stsb_dir):
     assert float(cli.stdout) == pytest.approx(pair_score, abs=1e-4)  # the CLI prints 4 decimals
 
 
-def test_unknown_option_is_refused_with_the_valid_ones(tmp_path):
+def test_unknown_or_mistyped_option_is_refused_in_one_line(tmp_path):
     import toolkit
     from toolkit.errors import ToolkitError
 
     with pytest.raises(ToolkitError, match=r"unknown option 'epoch'; valid: .*\bepochs\b"):
         toolkit.train(train="a.csv", dev="b.csv", out=tmp_path / "x", epoch=1)
+    for option, message in [({"epochs": "3x"}, "epochs='3x': expected int"),
+                            ({"adapter": "lorra"}, "adapter='lorra': expected one of 'seq_bn', 'double_seq_bn'"),
+                            ({"score_range": (0, "5")}, "score_range=(0, '5'): expected a list of 2")]:
+        with pytest.raises(ToolkitError, match=re.escape(message)):  # a wrong type: one line, before any work
+            toolkit.train(train="a.csv", dev="b.csv", out=tmp_path / "x", **option)
 
 
 def test_the_api_names_stay_functions_after_their_modules_load():

@@ -162,15 +162,18 @@ def test_config_file_round_trip_and_command_line_precedence(tmp_path):
     config.write_text(_print_config(*args))
     assert _resolved("train", "--config", config) == resolved
     assert _resolved("train", "--config", config, "--epochs", "7")["epochs"] == 7  # the command line wins
-    config.write_text("epochs: 3\nlora-r: 2\n")  # a hand-written file: any subset, either spelling
+    config.write_text("epochs: 3\nlora-r: 2\nlr: 1e-3\n")  # hand-written: any subset, either spelling, YAML's 1e-3
     partial = _resolved("train", "--config", config, "--out", "o")
-    assert (partial["epochs"], partial["lora_r"], partial["adapter"]) == (3, 2, "seq_bn")
+    assert (partial["epochs"], partial["lora_r"], partial["adapter"], partial["lr"]) == (3, 2, "seq_bn", 1e-3)
 
 
 @pytest.mark.parametrize("text,expected", [
     ("epochz: 3\n", "{path}: unknown option 'epochz'; valid: "),
     ("- 1\n- 2\n", "{path}: expected a mapping of option: value, got [1, 2]"),
     ("epochs: [\n", "{path}: cannot read the config file (while parsing"),
+    ("epochs: abc\n", "{path}: epochs='abc': expected int"),
+    ("arch: tri\n", "{path}: arch='tri': expected one of 'bi', 'cross'"),
+    ("out: 3\n", "{path}: out=3: expected str or None"),
 ])
 def test_bad_config_file_is_one_line(tmp_path, text, expected):
     path = tmp_path / "c.yaml"

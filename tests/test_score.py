@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,3 +293,26 @@ def test_restart_removes_every_earlier_part_even_when_killed_midway(tmp_path, mo
     _kill_chain(_cmd(models["bundle"], small_pairs, f"{out}/"), scoring, seed)  # the rerun resumes the restart
     assert _folder_bytes(out) == _folder_bytes(tmp_path / "ref"), f"CRASH_SEED={seed} plan {plan + scoring}"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+
+
+def test_a_datasets_folder_scores_as_its_jsonl_copy_and_resumes(tmp_path, models):
+    """A datasets save_to_disk folder (3 Arrow files, a bad row skipped) scores as the same rows in
+    JSONL; killed after its 2nd part, a rerun resumes and ends identical; a changed Arrow file is refused."""
+    hf = Path(__file__).resolve().parent / "corpus" / "hf_dataset"
+    folder = tmp_path / "pairs"
+    shutil.copytree(hf / "pairs", folder)
+    ref = _score(models["bundle"], hf / "pairs.jsonl", tmp_path / "ref.parquet", chunk=10, policy="skip")
+    assert ref.written == 39 and ref.bad == 1  # scoring reads no score: only the empty sentence is bad
+    out = tmp_path / "out.parquet"
+    cmd = _cmd(models["bundle"], folder, out, "--skip-bad-rows")
+    final = _kill_chain(cmd, ["score.manifest-updated:2"], seed=0)
+    assert "2 parts resumed" in final.stderr
+    assert _read(out) == _read(tmp_path / "ref.parquet")
+    out.unlink()
+    killed = subprocess.run(cmd, env={**ENV, "TOOLKIT_CRASH_AT": "score.manifest-updated:1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL
+    arrow = folder / "data-00002-of-00003.arrow"
+    arrow.write_bytes(arrow.read_bytes())  # same bytes, new modification time: the input may have changed
+    refused = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "pass --restart" in refused.stderr

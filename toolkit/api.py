@@ -88,15 +88,15 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
 
 
 def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
-    from .config_io import plain_to_field
+    from .config_io import checked
 
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             kwargs[f.name] = _build(hints[f.name], options, used)
         elif f.name in options:
-            kwargs[f.name] = plain_to_field(hints[f.name], options[f.name])
+            kwargs[f.name] = checked(f.name, hints[f.name], options[f.name])
             used.add(f.name)
     return cls(**kwargs)
 

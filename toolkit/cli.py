@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Annotated, Callable, Optional, Sequence
 
-from .errors import ToolkitError, show
+from .config_io import checked
+from .errors import ToolkitError, first_line, show, show_path
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,14 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
 
     from .api import configs
 
+    where = show_path(Path(path))
     try:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ToolkitError(f"{path}: cannot read the config file ({' '.join(str(e).split())[:200]})") from None
+        said = first_line(Exception(" ".join(str(e).split())))
+        raise ToolkitError(f"{where}: cannot read the config file ({said})") from None
     if not isinstance(loaded, dict):
-        raise ToolkitError(f"{path}: expected a mapping of option: value, got {show(loaded)}")
+        raise ToolkitError(f"{where}: expected a mapping of option: value, got {show(loaded)}")
     if "toolkit_version" in loaded:  # a run's config.json: its training settings, to train again
         loaded = _flat({k: loaded.get(k, {}) for k in ("model", "train", "data")})
     loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
@@ -131,9 +134,14 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
     try:
         built = configs(COMMANDS[name].function, {k: v for k, v in loaded.items() if k not in own})
     except ToolkitError as e:
-        raise ToolkitError(f"{path}: {e}") from None
-    kwargs = {f.name: loaded.get(f.name, tyro.MISSING if f.default is dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(cls) if f.name in own}
+        raise ToolkitError(f"{where}: {e}") from None
+    hints = typing.get_type_hints(cls, include_extras=True)
+    try:
+        kwargs = {f.name: checked(f.name, hints[f.name], loaded[f.name]) if f.name in loaded
+                  else tyro.MISSING if f.default is dataclasses.MISSING else f.default
+                  for f in dataclasses.fields(cls) if f.name in own}
+    except ToolkitError as e:
+        raise ToolkitError(f"{where}: {e}") from None
     kwargs.update({GROUPS[type(b).__name__]: b for b in built})
     return cls(**kwargs)
 

@@ -49,3 +49,42 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
 def plain_to_field(hint: Any, value: Any) -> Any:
     """A JSON/YAML list made the tuple a tuple field holds (anything else as it is)."""
     return tuple(value) if typing.get_origin(_bare(hint)) is tuple and isinstance(value, list) else value
+
+
+def checked(name: str, hint: Any, value: Any) -> Any:
+    """``value`` for the option ``name`` of type ``hint`` (a list made a tuple; a number YAML left as
+    text, such as ``1e-3``, made a float), or a one-line error: a keyword argument or a config file
+    gets the type check the command line's parser gives."""
+    import typeguard
+
+    value = plain_to_field(hint, value)
+    try:
+        typeguard.check_type(value, hint)
+        return value
+    except typeguard.TypeCheckError:
+        pass
+    if isinstance(value, str):
+        try:
+            number = float(value)
+            typeguard.check_type(number, hint)
+            return number
+        except (ValueError, typeguard.TypeCheckError):
+            pass
+    raise ToolkitError(f"{name}={show(value)}: expected {type_name(hint)}")
+
+
+def type_name(hint: Any) -> str:
+    """A type as a message names it: ``int``, ``str or None``, ``one of 'bi', 'cross'``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if hint is type(None):
+        return "None"
+    if origin in (tuple, list):
+        return f"a list of {type_name(args[0])}" if len(args) == 1 or args[-1] is Ellipsis else \
+            f"a list of {len(args)} ({', '.join(type_name(a) for a in args)})"
+    return getattr(hint, "__name__", str(hint))
