@@ -13,10 +13,10 @@ generated from the same two places (cli.py), so each option and default is defin
 from __future__ import annotations
 
 import dataclasses
-import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
+from .config_io import field_hints
 from .errors import ToolkitError
 
 Say = Optional[Callable[[str], None]]
@@ -54,13 +54,13 @@ def _is_option(cls: type, name: str) -> bool:
     """Not a ``tyro.conf.Suppress`` field (values a command sets, such as ``need_score``)."""
     import tyro
 
-    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    hint = field_hints(cls)[name]
     return not any(m is tyro.conf.Suppress for m in getattr(hint, "__metadata__", ()))
 
 
 def _leaves(cls: type) -> list[dataclasses.Field]:
     """Every field of ``cls`` that is an option, nested config classes opened."""
-    hints = typing.get_type_hints(cls)
+    hints = field_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
@@ -90,7 +90,7 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
 def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
     from .config_io import checked
 
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = field_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):

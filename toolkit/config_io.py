@@ -3,6 +3,7 @@ reader for every config class, nested ones and tuples included, that names an un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -27,12 +28,18 @@ def _bare(hint: Any) -> Any:
             return hint
 
 
+@functools.cache
+def field_hints(cls: type) -> dict[str, Any]:
+    """A config class's field types, markers kept (resolved once per class: each is asked per field)."""
+    return typing.get_type_hints(cls, include_extras=True)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     """``cls(**data)`` with nested config dataclasses built too and JSON lists made tuples where the
     field is a tuple; ``where`` (a file) heads the one-line error for a key ``cls`` does not have."""
     if not isinstance(data, Mapping):
         raise ToolkitError(f"{where}: expected a mapping of options for {cls.__name__}, got {show(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = field_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..errors import BadInputError, first_line, show, show_path
 from .base import Reader
 from .options import SourceOptions
-from .parquet import _values
+from .parquet import column_values
 from .records import RawChunk
 
 STATE, DICT = "state.json", "dataset_dict.json"
@@ -94,7 +94,7 @@ class HFDatasetReader(Reader):
     @staticmethod
     def _chunk(table: pa.Table, row: int) -> RawChunk:
         n = table.num_rows
-        chunk = RawChunk(columns={c: _values(table.column(c).combine_chunks()) for c in table.column_names},
+        chunk = RawChunk(columns={c: column_values(table.column(c).combine_chunks()) for c in table.column_names},
                          locs=list(range(row + 1, row + n + 1)))
         chunk.rows = chunk.locs
         return chunk

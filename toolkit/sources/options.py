@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import tyro
 
-from ..choices import FORMATS, POLICIES, Format, Policy  # noqa: F401  (FORMATS, POLICIES: re-exported)
+from ..choices import Format, Policy
 from ..option_types import ScoreRange
 
 

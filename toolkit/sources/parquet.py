@@ -39,7 +39,7 @@ class ParquetReader(Reader):
             for batch in self.file.iter_batches(batch_size=chunk_size, columns=needed):
                 n = batch.num_rows
                 chunk = RawChunk(
-                    columns={c: _values(batch.column(c)) for c in needed},
+                    columns={c: column_values(batch.column(c)) for c in needed},
                     locs=list(range(row + 1, row + n + 1)),
                 )
                 chunk.rows = chunk.locs
@@ -51,7 +51,7 @@ class ParquetReader(Reader):
 
 
 
-def _values(column: pa.Array) -> list:
+def column_values(column: pa.Array) -> list:
     """Python values of a column. A string column holding bytes that are not UTF-8 (Parquet does not
     check) gives text with those bytes kept as lone surrogates (surrogateescape, as the text formats
     do), reported on their row instead of failing the read."""

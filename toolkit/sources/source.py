@@ -13,7 +13,8 @@ from .base import Reader
 from .delimited import DelimitedReader
 from .hf_dataset import HFDatasetReader, is_dataset_folder
 from .jsonl import JsonlReader
-from .options import FORMATS, POLICIES, Columns, SourceOptions
+from ..choices import FORMATS, POLICIES
+from .options import Columns, SourceOptions
 from .parquet import ParquetReader
 from .records import PairChunk, RawChunk
 from .sqlite import SqliteReader
