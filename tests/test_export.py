@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from toolkit.bundle import Bundle
 from toolkit.errors import ToolkitError
 from toolkit.export import ExportConfig, export_onnx
+from toolkit.load import load_model
 from toolkit.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
 from toolkit.model import ModelConfig
 from toolkit.run import load_run
@@ -132,6 +134,9 @@ def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle
         assert len(lines) <= 5
         figures = meta["verification"]
         assert figures["variant"] == variant and figures["spearman_drop"] <= 0.3
+        ops = _ops(tmp_path / variant)
+        if variant == "int8":  # every weight MatMul integer: 6 per layer + the adapter's 2; QK^T and AV float
+            assert (ops["MatMulInteger"], ops["MatMul"]) == (8 * LAYERS, 2 * LAYERS)
         pred = Bundle.load(tmp_path / variant, threads=2).predict(dev.s1, dev.s2)
         assert 0 < np.max(np.abs(pred - reference)) < 0.5  # a different model, but close
     size = {v: (tmp_path / v / "model.onnx").stat().st_size for v in ("fp16", "int8")}
@@ -165,6 +170,46 @@ def test_cross_encoder_exports_from_run_and_from_merged_dir(tmp_path, runs, smal
     assert merged_meta["merged_from"]["adapter"] == "lora"
     config, _, _ = load_merged(merged)
     assert config["kind"] == "merged"
+
+
+def _ops(bundle: Path) -> Counter:
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(bundle / "model.onnx")).graph.node)
+
+
+LAYERS = 6  # MiniLM-L6
+
+
+def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev, cross_exports, bundle_dir):
+    """The graph each precision and architecture gets by default (chosen by measurement, RESULTS.md),
+    pinned: an exporter or ONNX Runtime upgrade that changes it fails here, not silently in throughput."""
+    plain_fp32 = {"exporter": "dynamo", "attention": "plain", "quantized_ops": []}
+    # cross-encoder fp32, merged LoRA and unmerged (the adapters library's model): plain ops
+    for name in ("merged", "cross-lora"):
+        assert cross_exports[f"meta-{name}"]["graph"] == plain_fp32
+    ops = _ops(cross_exports["bundle-merged"])
+    assert (ops["Attention"], ops["Softmax"], ops["SkipLayerNormalization"], ops["BiasGelu"]) == (0, LAYERS, 12, 6)
+    # cross-encoder int8: TorchScript export + ORT's fusion, one Attention per layer, quantised (QAttention)
+    meta = _export(cross_exports["merged"], tmp_path / "int8", small_stsb, quantize="int8")
+    assert meta["graph"] == {"exporter": "torchscript", "attention": "fused", "quantized_ops": ["MatMul", "Attention"]}
+    ops = _ops(tmp_path / "int8")
+    assert (ops["QAttention"], ops["Attention"], ops["MatMul"], ops["Softmax"]) == (LAYERS, 0, 0, 0)
+    assert ops["MatMulInteger"] == 3 * LAYERS + 2  # output projection and FFN per layer; pooler, head
+    assert ops["EmbedLayerNormalization"] == 1
+    reference = load_model(str(cross_exports["merged"])).predictor(device="cpu").predict(dev.s1, dev.s2)
+    assert np.max(np.abs(Bundle.load(tmp_path / "int8", threads=2).predict(dev.s1, dev.s2) - reference)) < 0.5
+    # bi-encoder with a bottleneck adapter (in the graph): plain ops
+    meta = json.loads((bundle_dir / "metadata.json").read_text())
+    assert meta["graph"] == plain_fp32
+    ops = _ops(bundle_dir)
+    assert (ops["Attention"], ops["MultiHeadAttention"], ops["Softmax"]) == (0, 0, LAYERS)
+    assert ops["MatMul"] == 8 * LAYERS + 2 * LAYERS  # Q, K, V, QK^T, AV, output, FFN in and out; the adapter's two
+    # asked to fuse where the fusion does not match (the adapter's attention): plain ops, said in one line
+    lines: list[str] = []
+    meta = _export(runs["bi-seq_bn"], tmp_path / "bi-fused", small_stsb, attention="fused", log=lines.append)
+    assert meta["graph"]["attention"] == "plain" and _ops(tmp_path / "bi-fused") == ops
+    assert any(line.startswith("fused attention: ONNX Runtime fused 0 of 6 layers' attention") for line in lines)
 
 
 def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):

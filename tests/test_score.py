@@ -85,6 +85,12 @@ def test_every_format_in_and_out_keeps_ids_and_order(tmp_path, models, pairs):
         assert [i for i, _ in got] == [r["pair_id"] for r in rows]  # order and ids as given
         np.testing.assert_allclose([s for _, s in got], reference, atol=1e-5)
         assert not Path(str(out) + ".parts").exists()  # parts folder removed once assembled
+        # the time split: every stage counted, the main thread's stages within the wall time
+        assert set(summary.timing) == {"read", "tokenise", "write", "waited", "pad", "run", "other"}
+        assert min(summary.timing.values()) >= 0 and summary.timing["run"] > 0
+        main_thread = sum(summary.timing[k] for k in ("waited", "pad", "run", "write", "other"))
+        assert abs(main_thread - summary.seconds) < 0.05 * summary.seconds + 0.05
+        assert summary.time_split().startswith("time: read ") and " run " in summary.time_split()
     t = pq.read_table(tmp_path / "scores-tsv.parquet")
     assert t.column("genre").to_pylist() == [r["genre"] for r in rows]
 

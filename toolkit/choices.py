@@ -8,6 +8,7 @@ Metric = Literal["spearman", "pearson", "mse", "rmse", "mae"]
 Provider = Literal["auto", "cpu", "cuda"]
 Format = Literal["auto", "csv", "tsv", "stsb", "jsonl", "parquet", "sqlite", "datasets"]
 Policy = Literal["fail", "skip", "collect"]
+Attention = Literal["auto", "fused", "plain"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 ADAPTERS: tuple[str, ...] = get_args(Adapter)

@@ -220,6 +220,8 @@ def _report_score(model: str, summary) -> None:
     resumed = f", {summary.resumed_parts} parts resumed" if summary.resumed_parts else ""
     _say(f"scored {summary.written} pairs into {summary.output} ({summary.rows} rows read, {summary.bad} bad "
          f"skipped{resumed}) in {summary.seconds:.1f}s, {summary.rate:.0f} pairs/s")
+    if summary.time_split():
+        _say(summary.time_split())
 
 
 def print_config(options: dict[str, Any]) -> None:

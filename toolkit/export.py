@@ -1,10 +1,15 @@
 """``toolkit export --onnx``: a run (any adapter) or a merged directory to a verified ONNX bundle.
 
-Steps: the scoring graph is exported with torch's dynamo exporter (``dynamo=False`` gave wrong
-BERT outputs in our tests with torch 2.13, max error > 1 on the hidden states); ONNX Runtime's
-transformer optimiser fuses LayerNorm + residual (SkipLayerNormalization) and bias + GELU; then the
-variant: fp32, fp16 (weights and activations; for GPUs) or int8 (dynamic quantisation of the
-MatMuls; for CPUs). Bottleneck adapters are ordinary MatMul/activation/Add nodes in the graph.
+Steps: the scoring graph is exported with torch's exporter: for fused attention (the default where it
+was measured faster: int8 cross-encoders) by its TorchScript exporter, whose BERT graph ONNX Runtime's
+optimiser fuses into one Attention operator per layer; otherwise by its dynamo exporter (plain
+MatMul/Softmax attention). Both match PyTorch to ~1e-6 with the graph module in eval mode (an
+earlier note here said the TorchScript exporter gave wrong outputs; a merged model was then exported
+with its dropout live).
+ONNX Runtime's transformer optimiser also fuses LayerNorm + residual (SkipLayerNormalization) and
+bias + GELU; then the variant: fp32, fp16 (weights and activations; for GPUs) or int8 (dynamic
+quantisation of the MatMuls and the fused attention's projections; for CPUs). Bottleneck adapters are
+ordinary MatMul/activation/Add nodes in the graph.
 Before the bundle is written, a gate compares it with PyTorch: fp32 on a sample of pairs (largest
 absolute difference on the score scale), fp16/int8 on the whole dev file (Spearman change).
 """
@@ -26,8 +31,8 @@ from torch import nn
 
 from . import __version__
 from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
-from .choices import Provider
-from .errors import ToolkitError
+from .choices import Attention, Provider
+from .errors import ToolkitError, first_line
 from .io_utils import atomic_dir, read_json, write_json
 from .labels import LabelScale
 from .merge import is_merged, load_merged_run
@@ -48,6 +53,10 @@ class ExportConfig:
     max_abs_diff: float = 1e-4  # fp32 gate: largest score difference from PyTorch allowed
     max_spearman_drop: float = 0.3  # fp16/int8 gate: Spearman points lost on the dev file allowed
     threads: Optional[int] = None  # ONNX Runtime threads for the verification
+    attention: Attention = "auto"
+    """fused: one com.microsoft Attention operator per layer (TorchScript exporter + ONNX Runtime's fusion;
+    plain ops where the model does not fuse); plain: MatMul/Softmax ops (dynamo exporter); auto: whichever
+    was measured faster for this precision and architecture (DEFAULT_ATTENTION)"""
     provider: Provider = "auto"
     """the verification gate runs on the provider that will serve the bundle: auto = CPU for int8, CUDA for
     fp32/fp16 where onnxruntime has it"""
@@ -56,6 +65,9 @@ class ExportConfig:
     def variant(self) -> str:
         return "int8" if self.quantize == "int8" else "fp16" if self.fp16 else "fp32"
 
+    def attention_for(self, arch: str) -> str:
+        return DEFAULT_ATTENTION[(self.variant, arch)] if self.attention == "auto" else self.attention
+
     def validate(self) -> None:
         if self.quantize not in (None, "int8"):
             raise ToolkitError("--quantize: only int8 (dynamic quantisation, for CPUs) is supported")
@@ -63,6 +75,20 @@ class ExportConfig:
             raise ToolkitError("choose one of --fp16 and --quantize int8")
         if self.verify_pairs < 8:
             raise ToolkitError("--verify-pairs must be at least 8")
+
+
+INT8_OPS = ("MatMul", "Attention")  # what int8 quantises: every weight MatMul, fused attention's projections too
+
+# The graph each precision and architecture gets by default, chosen by measurement (benchmarks/bench_score.py,
+# RESULTS.md "CPU scoring at the limit", 2-core AVX2): fused attention where it was faster at parity (cross
+# int8: faster, and the plain int8 graph lost more Spearman than the gate allows), plain ops elsewhere (cross
+# fp32: plain 2-4% faster end to end; bi: the fusion does not match a bottleneck adapter's attention). fp16
+# (GPUs) keeps plain ops until a GPU has measured the fused one.
+DEFAULT_ATTENTION: dict[tuple[str, str], str] = {
+    ("fp32", "cross"): "plain", ("fp32", "bi"): "plain",
+    ("int8", "cross"): "fused", ("int8", "bi"): "plain",
+    ("fp16", "cross"): "plain", ("fp16", "bi"): "plain",
+}
 
 
 class GraphModule(nn.Module):
@@ -103,36 +129,84 @@ def open_source(folder: str | Path) -> Source:
         raise ToolkitError(f"{folder}: neither a run directory nor a merged model (no {CONFIG})")
     if is_merged(folder):
         merged = load_merged_run(folder)
-        return Source(folder, merged.config, GraphModule(merged.model), merged.tokens.tokenizer, merged.labels,
+        return Source(folder, merged.config, GraphModule(merged.model).eval(), merged.tokens.tokenizer, merged.labels,
                       merged.predictor(batch_size=64, device="cpu").predict, merged.model.plain.config)
     run = load_run(folder, fused_kernel="off")  # the graph holds plain ops, never a Triton kernel
     model = run.model.eval()
     config = dict(run.config)
     if (folder / METRICS).is_file():
         config.setdefault("metrics", {"dev": read_json(folder / METRICS).get("dev")})
-    return Source(folder, config, GraphModule(model), run.tokens.tokenizer, run.labels,
+    return Source(folder, config, GraphModule(model).eval(), run.tokens.tokenizer, run.labels,
                   run.predictor(batch_size=64, device="cpu").predict, model.encoder.config)
 
 
-def _export_graph(source: Source, path: Path, opset: int) -> list[str]:
-    from torch.export import Dim
-
+def _export_graph(source: Source, path: Path, opset: int, exporter: str) -> list[str]:
+    """The scoring graph as ONNX, by torch's dynamo exporter or its TorchScript exporter: ONNX Runtime's
+    optimiser fuses attention (com.microsoft Attention, which int8 quantises to QAttention) in the
+    TorchScript exporter's graphs of BERT, not in the dynamo exporter's. Both match PyTorch to ~1e-6."""
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in source.tokenizer.model_input_names]
     example = source.tokenizer(["a short sentence", "and a somewhat longer one, to pad"], ["x", "y"] if
                                source.arch == "cross" else None, padding=True, return_tensors="pt")
     args = tuple(example[n] for n in names)
-    batch, seq = Dim("batch", min=1, max=65536), Dim("sequence", min=2, max=source.config["model"]["max_length"])
-    # the exporter narrates each step on stdout and warns about torchvision ops it skips: keep the console for ours
+    # the exporter narrates each step on stdout and warns about torchvision ops it skips, and the
+    # TorchScript one that it is deprecated: keep the console for ours (the verification gate, not
+    # their warnings, says whether the graph is right)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    # (and the verification gate, not its warnings about axis names, says whether the graph is right)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(source.graph, args, str(path), input_names=names, output_names=["output"],
+                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=opset,
+                              dynamo=False)
+            return names
+        from torch.export import Dim
+
+        batch, seq = Dim("batch", min=1, max=65536), Dim("sequence", min=2, max=source.config["model"]["max_length"])
         program = torch.onnx.export(source.graph, args, input_names=names, output_names=["output"],
                                     dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset,
                                     dynamo=True, verbose=False)
         program.save(str(path))
     return names
+
+
+@dataclass
+class Graph:
+    """The optimised fp32 graph (an ORT ``OnnxModel``), how it was built, and what was fused."""
+
+    model: object
+    inputs: list[str]
+    attention: str  # "fused" or "plain"
+    exporter: str
+    fused: dict[str, int]
+
+
+def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Graph:
+    """Export and fuse. Fused attention is asked of the TorchScript exporter + ORT's BERT fusion; where
+    the fusion does not match the model (a bottleneck adapter's attention, as the adapters library
+    writes it) or that exporter fails (it is deprecated), the plain dynamo graph is used instead."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    hf = source.hf_config
+    attention = cfg.attention_for(source.arch)
+    for exporter in (("torchscript", "dynamo") if attention == "fused" else ("dynamo",)):
+        raw = work / f"{exporter}.onnx"
+        try:
+            inputs = _export_graph(source, raw, cfg.opset, exporter)
+        except Exception as e:  # torch raises many types; the dynamo exporter below is the fallback
+            if exporter == "dynamo":
+                raise
+            log(f"fused attention: the TorchScript exporter failed ({first_line(e)}); exporting plain ops")
+            continue
+        optimized = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
+                                   hidden_size=hf.hidden_size, opt_level=1)
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        if exporter == "dynamo":
+            return Graph(optimized, inputs, "plain", exporter, fused)
+        if fused.get("Attention", 0) == hf.num_hidden_layers:
+            return Graph(optimized, inputs, "fused", exporter, fused)
+        log(f"fused attention: ONNX Runtime fused {fused.get('Attention', 0)} of {hf.num_hidden_layers} layers' "
+            "attention in this model; exporting plain ops")
+    raise AssertionError("unreachable: the dynamo export returns or raises")
 
 
 @contextlib.contextmanager
@@ -157,36 +231,31 @@ def _quantizer_warnings() -> Iterator[list[str]]:
         root.removeFilter(keep)
 
 
-def _optimize(raw: Path, out: Path, source: Source, cfg: ExportConfig, log=print) -> dict:
-    """ORT's transformer fusions, then the variant. Returns the fused-operator counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    hf = source.hf_config
-    optimized = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
-                               hidden_size=hf.hidden_size, opt_level=1)
-    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print) -> None:
+    """The optimised graph as the bundle's precision: fp32 as is, fp16 converted, int8 quantised."""
+    optimized = graph.model
     if cfg.variant == "fp16":
         optimized.convert_float_to_float16(keep_io_types=True)
-    if cfg.variant == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        fp32 = out.with_name("fp32.onnx")
-        # the optimiser leaves shape annotations that ONNX's shape inference (run by the quantiser)
-        # contradicts on cross-encoder heads; inference recomputes them
-        optimized.model.graph.ClearField("value_info")
-        optimized.save_model_to_file(str(fp32))
-        with _quantizer_warnings() as notes:
-            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"],
-                             extra_options={"DefaultTensorType": 1})  # float: types behind the fused ops
-        fp32.unlink()
-        untyped = sum(m.startswith("Failed to infer data type") for m in notes)
-        log("quantised to int8: MatMul weights per channel, activations dynamically"
-            + (f"; {untyped} tensors behind the fused operators stay float (no type to infer; expected)"
-               if untyped else ""))
-    else:
+    if cfg.variant != "int8":
         optimized.save_model_to_file(str(out))
-    return fused
+        return
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = out.with_name("fp32.onnx")
+    # the optimiser leaves shape annotations that ONNX's shape inference (run by the quantiser)
+    # contradicts on cross-encoder heads; inference recomputes them
+    optimized.model.graph.ClearField("value_info")
+    optimized.save_model_to_file(str(fp32))
+    with _quantizer_warnings() as notes:
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(INT8_OPS),
+                         extra_options={"DefaultTensorType": 1})  # float: types behind the fused ops
+    fp32.unlink()
+    untyped = sum(m.startswith("Failed to infer data type") for m in notes)
+    what = "MatMul and Attention" if graph.attention == "fused" else "MatMul"
+    log(f"quantised to int8: {what} weights per channel, activations dynamically"
+        + (f"; {untyped} tensors behind the fused operators stay float (no type to infer; expected)"
+           if untyped else ""))
 
 
 def _verify_pairs(source: Source, cfg: ExportConfig):
@@ -240,16 +309,15 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     source = open_source(source_dir)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
-        raw = Path(work) / "raw.onnx"
         log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX "
             f"({cfg.variant}) ...")
-        inputs = _export_graph(source, raw, cfg.opset)
-        fused = _optimize(raw, tmp / MODEL, source, cfg, log)
-        log("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(fused.items())))
+        graph = build_graph(source, Path(work), cfg, log)
+        _write_variant(graph, tmp / MODEL, cfg, log)
+        log("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(graph.fused.items())))
         source.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER))
         metadata = {
             "format": FORMAT, "toolkit_version": __version__, "variant": cfg.variant, "opset": cfg.opset,
-            "arch": source.arch, "inputs": inputs, "output": "output",
+            "arch": source.arch, "inputs": graph.inputs, "output": "output",
             "output_kind": "embedding" if source.arch == "bi" else "normalized_score",
             "max_length": source.config["model"]["max_length"], "pad_id": source.tokenizer.pad_token_id,
             "labels": source.labels.to_dict(), "score_range": source.config.get("resolved", {}).get("score_range"),
@@ -258,7 +326,9 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             "adapter": {k: source.config["model"].get(k) for k in ("adapter", "reduction_factor", "lora_r",
                                                                    "lora_alpha")},
             "merged_from": _merged_from(source.config.get("merged_from")), "parameters": _parameters(source),
-            "training_metrics": source.config.get("metrics"), "fused_operators": fused,
+            "training_metrics": source.config.get("metrics"), "fused_operators": graph.fused,
+            "graph": {"exporter": graph.exporter, "attention": graph.attention,
+                      "quantized_ops": list(INT8_OPS) if cfg.variant == "int8" else []},
             "files": {name: sha256_file(tmp / name) for name in (MODEL, TOKENIZER)},
         }
         write_json(tmp / METADATA, metadata)

@@ -19,6 +19,7 @@ couple of chunks whatever the file size.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -82,10 +83,21 @@ class ScoreSummary:
     output: str = ""
     skipped_report: list[str] = field(default_factory=list)
     backend: str = ""  # what scored: provider or device, precision
+    timing: dict[str, float] = field(default_factory=dict)
+    """seconds per stage: read, tokenise (reader thread, overlapped with inference), waited (main thread
+    idle for the reader: the part of reading and tokenising not hidden), pad, run (the engine), write, other
+    (the rest of the main thread: loading the model, the manifest, the cosine, assembling the output)"""
 
     @property
     def rate(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def time_split(self) -> str:
+        """Where the wall time went, as one line of shares."""
+        if not self.timing or self.seconds <= 0:
+            return ""
+        shares = ", ".join(f"{k} {100 * v / self.seconds:.0f}%" for k, v in self.timing.items())
+        return f"time: {shares} of {self.seconds:.1f}s (read and tokenise overlap inference on a reader thread)"
 
 
 # -- the model: a bundle (ONNX Runtime), or a run or merged folder (PyTorch) ---------------------------------
@@ -113,6 +125,11 @@ class Scorer:
 
     def score(self, prepared) -> np.ndarray:
         return self.predictor.score_encoded(prepared)
+
+    @property
+    def engine_timing(self) -> dict[str, float]:
+        """pad / run seconds, where the engine counts them (ONNX Runtime bundles)."""
+        return dict(getattr(self.predictor.engine, "timing", {}))
 
 
 # -- output ------------------------------------------------------------------------------------------------
@@ -253,17 +270,33 @@ def _verify_parts(job: "_Job", parts: list[dict]) -> None:
 
 
 # -- the job -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+
+
 def _reader(source: PairSource, scorer: Scorer, q: queue.Queue, done_parts: dict, stop: threading.Event,
-            shard: Optional[tuple[int, int]]) -> None:
+            shard: Optional[tuple[int, int]], timing: dict[str, float]) -> None:
     """Reader thread: (part index, chunk, prepared) for parts still to do; (index, chunk, None) for
     parts already written; then None. Exceptions travel through the queue."""
     try:
-        for index, chunk in enumerate(source.chunks(keep_empty=True)):
+        chunks = enumerate(source.chunks(keep_empty=True))
+        while True:
+            with _timed(timing, "read"):
+                item = next(chunks, None)
+            if item is None:
+                break
             if stop.is_set():
                 return
+            index, chunk = item
             if shard is not None and index % shard[1] != shard[0]:
                 continue  # another shard's part
-            prepared = None if str(index) in done_parts else scorer.prepare(chunk)
+            with _timed(timing, "tokenise"):
+                prepared = None if str(index) in done_parts else scorer.prepare(chunk)
             q.put((index, chunk, prepared))
         q.put(None)
     except BaseException as e:  # re-raised on the main thread
@@ -322,7 +355,8 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
         summary.seconds = time.time() - start
         return summary
     summary.resumed_parts = len(manifest["parts"])
-    owned = _score_parts(job, source, scorer, manifest, cfg, _count_rows(Path(input_path), source, cfg.shard))
+    owned = _score_parts(job, source, scorer, manifest, cfg, _count_rows(Path(input_path), source, cfg.shard),
+                         summary)
     summary.rows, summary.bad = source.report.rows, source.report.bad
     summary.skipped_report = list(source.report.problems)
     done = manifest["parts"]
@@ -347,11 +381,13 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
     if not job.to_dir:
         _clean_up(job, manifest)
     summary.seconds = time.time() - start
+    main_thread = sum(summary.timing.get(k, 0.0) for k in ("waited", "pad", "run", "write"))
+    summary.timing["other"] = max(summary.seconds - main_thread, 0.0)
     return summary
 
 
 def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, cfg: ScoreConfig,
-                 total: Optional[int]) -> dict[int, int]:
+                 total: Optional[int], summary: ScoreSummary) -> dict[int, int]:
     """Score the parts not yet in the manifest; returns {part index: good rows} of every part this
     job owns. A part is written (temp file, fsync, rename) before the manifest records it."""
     done = manifest["parts"]
@@ -360,10 +396,17 @@ def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, 
                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="scoring")
     q: queue.Queue = queue.Queue(maxsize=2)  # bounded: the reader runs at most two chunks ahead
     stop = threading.Event()
-    thread = threading.Thread(target=_reader, args=(source, scorer, q, done, stop, cfg.shard), daemon=True)
+    timing = summary.timing
+    thread = threading.Thread(target=_reader, args=(source, scorer, q, done, stop, cfg.shard, timing), daemon=True)
     thread.start()
+    waited = 0.0
     try:
-        while (item := q.get()) is not None:
+        while True:
+            t = time.perf_counter()
+            item = q.get()
+            waited += time.perf_counter() - t
+            if item is None:
+                break
             if isinstance(item, BaseException):
                 raise item
             index, chunk, prepared = item
@@ -371,12 +414,13 @@ def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, 
             name = f"{job.tag}part-{index:05d}.parquet"
             if prepared is not None:
                 scores = scorer.score(prepared)
-                with atomic_path(job.parts_dir / name) as tmp:
-                    pq.write_table(part_table(chunk, scores, cfg.keep_cols), tmp)
-                    crash_point("score.part-written")
-                crash_point("score.part-renamed")
-                done[str(index)] = {"file": name, "rows": len(chunk)}
-                write_json(job.manifest, manifest)
+                with _timed(timing, "write"):
+                    with atomic_path(job.parts_dir / name) as tmp:
+                        pq.write_table(part_table(chunk, scores, cfg.keep_cols), tmp)
+                        crash_point("score.part-written")
+                    crash_point("score.part-renamed")
+                    done[str(index)] = {"file": name, "rows": len(chunk)}
+                    write_json(job.manifest, manifest)
                 crash_point("score.manifest-updated")
             elif done[str(index)]["rows"] != len(chunk):
                 raise ToolkitError(f"{job.manifest}: part {index} recorded {done[str(index)]['rows']} rows, the "
@@ -385,6 +429,7 @@ def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, 
     finally:
         stop.set()
         bar.close()
+        timing.update(waited=waited, **scorer.engine_timing)
     return owned
 
 
