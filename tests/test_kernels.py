@@ -92,6 +92,16 @@ def test_other_activations(poisoned, activation):
         _check(77, 384, 16, dtype, activation, True, seed=len(activation))
 
 
+@pytest.mark.parametrize("shape", [(32, 64, 4), (64, 128, 4), (128, 64, 8)], ids=lambda s: "x".join(map(str, s)))
+def test_every_launch_shape_the_tuning_sweep_tries_is_correct(poisoned, shape):
+    """The suite's sweep (benchmarks/gpu_suite.py) times these shapes; the defaults came from it."""
+    from kernels.adapter_bottleneck import launch_shape
+
+    with launch_shape(*shape):
+        for dtype in (torch.float32, torch.bfloat16):
+            _check(100, 384, 24, dtype, "relu", True, seed=shape[0] + shape[1])
+
+
 def test_tiny_and_single_row_inputs(poisoned):
     _check(1, 384, 8, torch.float32, "relu", False, seed=3)
     _check(5, 100, 3, torch.float32, "silu", True, seed=4)  # H and r far from any block size
@@ -197,6 +207,16 @@ def fresh_verdicts(monkeypatch):
 
     monkeypatch.setattr(selfcheck, "_verdicts", {})
     return selfcheck
+
+
+def test_float32_on_a_gpu_is_left_to_cublas(fresh_verdicts, capfd):
+    """Measured slower than eager there (RESULTS.md, issue 20): refused without running, one line said."""
+    call = fresh_verdicts.CallClass("cuda:0", torch.float32, 384, 24, "relu", True)
+    got = fresh_verdicts.verdict(call)
+    assert not got.ok and "float32 on a GPU" in got.reason
+    assert fresh_verdicts.verdict(call) is got  # once per process
+    err = capfd.readouterr().err
+    assert err.count("fused adapter kernel not used for cuda:0 float32") == 1 and err.count("\n") == 1
 
 
 def test_kernel_that_passes_its_self_check_serves(fresh_verdicts):
