@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from statistics import median
@@ -47,7 +48,7 @@ import torch  # noqa: E402
 import roofline  # noqa: E402
 from toolkit.bundle import Bundle  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
-from toolkit.export import ExportConfig, _export_graph, export_onnx, open_source  # noqa: E402
+from toolkit.export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
 from toolkit.load import load_model  # noqa: E402
 from toolkit.metrics import evaluate_predictions  # noqa: E402
 from toolkit.score import ScoreConfig, score_file  # noqa: E402
@@ -214,7 +215,7 @@ class Bench:
         python = openvino_python(Path(a.openvino_venv))
         raw = self.out / f"{self.name}-standard-ops.onnx"
         if not raw.exists():
-            _export_graph(open_source(self.run_dir), raw, 18, "dynamo")
+            export_graph(self.source, raw, 18, "dynamo")
         fp32 = self.bundle("plain", "fp32")
         for precision in ("fp32", "int8"):
             runs = []
@@ -269,11 +270,16 @@ class Bench:
                   "kind": "ray", "pairs_per_s": len(self.s1) / seconds,
                   "test_spearman": spearman([got[i] for i in self.test.ids], self.test.scores)})
 
+    @cached_property
+    def source(self):
+        """The run as the exporter opens it (loaded once: the OpenVINO graph and the roofline read it)."""
+        return open_source(self.run_dir)
+
     def work(self) -> dict:
         """Multiply-accumulates of the pairs file as the bundle encodes it (per part: distinct sentences of
         a bi-encoder once), and the mean length."""
         bundle = Bundle.load(self.bundle("plain", "fp32"), threads=self.args.threads)
-        hf = open_source(self.run_dir).hf_config
+        hf = self.source.hf_config
         width = roofline.adapter_width(bundle.metadata, hf.hidden_size)
         lengths: list[int] = []
         for k in range(0, len(self.s1), 8192):

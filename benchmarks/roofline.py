@@ -11,7 +11,6 @@ threads and quantisation (dynamic int8, weights per channel) that the bundles us
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -58,13 +57,15 @@ def gemm_rate(m: int, k: int, n: int, precision: str, threads: int, seconds: flo
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from toolkit.export import quantizer_warnings
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fp32.onnx"
         _matmul_model(path, k, n)
         if precision == "int8":
-            logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice to pre-process, per call
-            quantize_dynamic(str(path), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"])
+            with quantizer_warnings():  # the quantiser's advice to pre-process, per call: not ours to show
+                quantize_dynamic(str(path), str(Path(tmp) / "int8.onnx"), weight_type=QuantType.QInt8,
+                                 per_channel=True, op_types_to_quantize=["MatMul"])
             path = Path(tmp) / "int8.onnx"
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1

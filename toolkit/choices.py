@@ -9,8 +9,11 @@ Provider = Literal["auto", "cpu", "cuda"]
 Format = Literal["auto", "csv", "tsv", "stsb", "jsonl", "parquet", "sqlite", "datasets"]
 Policy = Literal["fail", "skip", "collect"]
 Attention = Literal["auto", "fused", "plain"]
+Loss = Literal["mse", "cosent", "angle"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 ADAPTERS: tuple[str, ...] = get_args(Adapter)
 FORMATS: tuple[str, ...] = get_args(Format)
 POLICIES: tuple[str, ...] = get_args(Policy)
+LOSSES: tuple[str, ...] = get_args(Loss)
+RANK_LOSSES = ("cosent", "angle")  # bi-encoders only: they rank the pairs of a batch by their cosine/angle

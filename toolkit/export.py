@@ -140,7 +140,7 @@ def open_source(folder: str | Path) -> Source:
                   run.predictor(batch_size=64, device="cpu").predict, model.encoder.config)
 
 
-def _export_graph(source: Source, path: Path, opset: int, exporter: str) -> list[str]:
+def export_graph(source: Source, path: Path, opset: int, exporter: str) -> list[str]:
     """The scoring graph as ONNX, by torch's dynamo exporter or its TorchScript exporter: ONNX Runtime's
     optimiser fuses attention (com.microsoft Attention, which int8 quantises to QAttention) in the
     TorchScript exporter's graphs of BERT, not in the dynamo exporter's. Both match PyTorch to ~1e-6."""
@@ -191,7 +191,7 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Gra
     for exporter in (("torchscript", "dynamo") if attention == "fused" else ("dynamo",)):
         raw = work / f"{exporter}.onnx"
         try:
-            inputs = _export_graph(source, raw, cfg.opset, exporter)
+            inputs = export_graph(source, raw, cfg.opset, exporter)
         except Exception as e:  # torch raises many types; the dynamo exporter below is the fallback
             if exporter == "dynamo":
                 raise
@@ -210,7 +210,7 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Gra
 
 
 @contextlib.contextmanager
-def _quantizer_warnings() -> Iterator[list[str]]:
+def quantizer_warnings() -> Iterator[list[str]]:
     """Collects what ONNX Runtime's quantiser logs through the root logger instead of printing it:
     a warning per tensor behind the fused com.microsoft operators, whose type it cannot infer (they
     stay float, as ``DefaultTensorType`` asks), and advice to pre-process (shape inference the fused
@@ -246,7 +246,7 @@ def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print) -> Non
     # contradicts on cross-encoder heads; inference recomputes them
     optimized.model.graph.ClearField("value_info")
     optimized.save_model_to_file(str(fp32))
-    with _quantizer_warnings() as notes:
+    with quantizer_warnings() as notes:
         quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=list(INT8_OPS),
                          extra_options={"DefaultTensorType": 1})  # float: types behind the fused ops

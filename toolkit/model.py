@@ -4,8 +4,9 @@ cross: the pair is encoded jointly and the adapters library's classification hea
        regresses the normalised score.
 bi:    each sentence is encoded alone and mean-pooled; the score is the cosine of the two
        embeddings, trained with MSE against the score mapped to 0..1 (sentence-transformers'
-       CosineSimilarityLoss). With the adapter at its initial (identity) weights, or switched
-       off, this is exactly the pre-trained sentence embedding model.
+       CosineSimilarityLoss), or by ranking the batch's pairs (CoSENT, AnglE: losses.py). With the
+       adapter at its initial (identity) weights, or switched off, this is exactly the pre-trained
+       sentence embedding model.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from .choices import ADAPTERS, ARCHS, Adapter, Arch
 from .errors import ToolkitError
 from .loading import DEFAULT_MODEL, load_adapter_model
+from .losses import angle_similarity
 
 NAME = "pair"  # the adapter's and the head's name inside the adapters library
 FULL_WEIGHTS = "model.safetensors"
@@ -197,13 +199,17 @@ class PairRegressor(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return mean_pool(out[0], attention_mask)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None,
+                similarity: str = "cosine") -> torch.Tensor:
+        """Normalised scores; a bi-encoder's ``similarity`` is "angle" while training with AnglE (losses.py)."""
         if self.cfg.arch == "cross":
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
             return out.logits[:, 0].float()
         emb = self.embed(input_ids, attention_mask, token_type_ids)
-        a, b = emb.chunk(2)
-        return F.cosine_similarity(a.float(), b.float(), dim=-1)
+        a, b = emb.float().chunk(2)
+        if similarity == "angle":
+            return angle_similarity(a, b)
+        return F.cosine_similarity(a, b, dim=-1)
 
     # -- parameters ----------------------------------------------------------------------------
     def parameter_counts(self) -> dict:

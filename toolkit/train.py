@@ -18,7 +18,6 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
@@ -30,7 +29,8 @@ from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import caller_trust, load_tokenizer, resolve_model
-from .choices import Metric
+from .losses import SIMILARITY, batch_objective
+from .choices import LOSSES, RANK_LOSSES, Loss, Metric
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
@@ -63,6 +63,9 @@ class TrainConfig:
     metric: Metric = "spearman"  # dev metric for model selection
     eval_batch_size: int = 128  # dev evaluation batch
     normalize: Literal["auto", "range", "zscore"] = "auto"  # target scaling (auto: the declared range, else z-score)
+    loss: Loss = "mse"
+    """mse on the normalised score; bi-encoders also cosent or angle (rank losses: only the order of the scores
+    is learnt, so choose by spearman; the cosine is not calibrated to the score scale)"""
     save_steps: int = 0  # also checkpoint every N optimiser steps for --resume (0: at epoch ends only)
     keep_checkpoint: bool = False  # keep the resumable checkpoint after the run
     head_init: Literal["random", "lp"] = "random"
@@ -86,6 +89,8 @@ class TrainConfig:
             raise ToolkitError("--precision must be auto, no, bf16 or fp16")
         if self.normalize not in ("auto", "range", "zscore"):
             raise ToolkitError("--normalize must be auto, range or zscore")
+        if self.loss not in LOSSES:
+            raise ToolkitError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ToolkitError("--warmup-ratio must be in [0, 1)")
         if self.lr is not None and not self.lr > 0:
@@ -318,6 +323,8 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     out = Path(out)
     model_cfg.validate()
     cfg.validate()
+    if cfg.loss in RANK_LOSSES and model_cfg.arch != "bi":
+        raise ToolkitError(f"--loss {cfg.loss} ranks a bi-encoder's similarities: cross-encoders train with --loss mse")
     precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
     accelerator = make_accelerator(precision, cfg.grad_accum, cfg.log_with, out)
@@ -522,15 +529,16 @@ def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[Ba
         with acc.accumulate(s.model):
             torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, acc.process_index))
             targets, weights, index = batch.pop("labels"), batch.pop("weights"), batch.pop("index")
-            losses = F.mse_loss(s.model(**batch).float(), targets.float(), reduction="none")
-            acc.backward((losses * weights.float()).sum() * s.loss_scale)
+            predictions = s.model(**batch, similarity=SIMILARITY[cfg.loss]).float()
+            objective, logged = batch_objective(cfg.loss, predictions, targets.float(), weights.float())
+            acc.backward(objective * s.loss_scale)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
             s.optimizer.step()
             s.scheduler.step()
             s.optimizer.zero_grad()
         counted = weights > 0
-        step_sum += torch.stack([losses.detach().double()[counted].sum(), counted.sum().double()])
+        step_sum += torch.stack([logged.double(), counted.sum().double()])
         if observe is not None:
             observe(BatchSeen(epoch, state.batches_done, acc.process_index, index[counted].tolist()))
         state.batches_done += 1
