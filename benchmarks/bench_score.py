@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import roofline  # noqa: E402
+from machine_info import cpu_info  # noqa: E402
 from toolkit.bundle import Bundle  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 from toolkit.export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
@@ -59,24 +59,6 @@ HERE = Path(__file__).resolve().parent
 OPENVINO_PINS = ("openvino==2026.4.1", "nncf==3.4.0")
 PARTS = ("eager", "toolkit", "openvino", "roofline", "split", "ce", "ray", "rss")
 DEFAULT_PARTS = ("eager", "toolkit", "openvino", "roofline", "split")
-
-
-def cpu_info() -> str:
-    """CPU model and its vector/matrix extensions, as /proc/cpuinfo names them."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    named = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
-             "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
-    have = [name for flag, name in named.items() if flag in flags]
-    lacks = [name for flag, name in named.items() if flag not in flags]
-    return f"{model}, {os.cpu_count()} cores, {'/'.join(have) or 'no AVX2'} (no {', '.join(lacks) or '-'})"
 
 
 def write_pairs(path: Path, s1: list[str], s2: list[str], n: int) -> None:

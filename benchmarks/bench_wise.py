@@ -1,84 +1,107 @@
 """WiSE-FT under genre shift on STS-B: train on two genres, sweep α, test on the third.
 
-For each architecture (bi, cross) and each held-out genre (captions, news, forum): train the default
-adapter (seq_bn; the cross-encoder's head starts from its linear probe, LP-FT) on the two other
-genres with model selection on their dev rows, then sweep α with ``toolkit.wise``: the ID dev rows
-choose α (the documented rule), the ID test rows and the held-out genre's rows are reported.
-Prints one table per architecture and a summary, and writes them to OUT/report.md.
+For each endpoint recipe and each held-out genre (captions, news, forum): train the fine-tuned
+endpoint on the two other genres with model selection on their dev rows (the cross-encoder's head
+starts from its linear probe, LP-FT, which is its α = 0), then sweep α with ``toolkit.wise`` on the
+default grid (0.05 steps), in weight space and as the output-space ensemble. α is chosen three ways,
+each reported: on ID dev in weight space (the documented default), on ID dev for the ensemble, and on
+the held-out genre's dev rows (``--choose-on``: what a user with a little shifted data can do). Every
+choice is judged on rows it never saw: the ID test rows and the held-out genre's test rows (OOD).
 
-    python benchmarks/bench_wise.py --out runs/bench-wise                  # ~1 h on 2 CPU cores
+    python benchmarks/bench_wise.py --out runs/bench-wise [--endpoints bi bi-cosent cross] [--held news ...]
+
+Finished training runs and sweeps in OUT are read back, so a killed benchmark picks up where it was.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
-from toolkit.io_utils import write_text
-from toolkit.model import ModelConfig
-from toolkit.shift import HELD_OUT, write_genre_shift
-from toolkit.sources import SourceOptions, resolve_data_spec
-from toolkit.train import DataConfig, TrainConfig, train
-from toolkit.wise import EvalSet, WiseConfig, wise
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine_info import cpu_info  # noqa: E402
+from toolkit.io_utils import write_text  # noqa: E402
+from toolkit.model import ModelConfig  # noqa: E402
+from toolkit.shift import HELD_OUT, write_genre_shift  # noqa: E402
+from toolkit.sources import SourceOptions, resolve_data_spec  # noqa: E402
+from toolkit.train import DataConfig, TrainConfig, train  # noqa: E402
+from toolkit.wise import RESULTS, EvalSet, WiseConfig, choose_alpha, wise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# the fine-tuned endpoint's recipe: (model options, training options); the default adapter (seq_bn) throughout
+ENDPOINTS = {
+    "bi": ({"arch": "bi"}, {}),
+    "bi-cosent": ({"arch": "bi"}, {"loss": "cosent"}),
+    "cross": ({"arch": "cross"}, {"head_init": "lp"}),
+    "cross-mean": ({"arch": "cross", "pooling": "mean"}, {"head_init": "lp"}),
+}
+# (label, set α is chosen on, mode)
+RULES = (("ID dev, weights", "id-dev", "weights"), ("ID dev, outputs", "id-dev", "outputs"),
+         ("OOD dev, weights", "ood-dev", "weights"))
 
 
-def run_one(arch: str, held: str, splits: Path, out: Path, alphas: list[float]) -> dict:
+def run_one(endpoint: str, held: str, splits: Path, out: Path) -> dict:
     folder = splits / f"heldout-{held}"
     files = resolve_data_spec(f"stsb:{folder}")
-    run_dir = out / "runs" / f"{arch}-{held}"
-    if not (run_dir / "metrics.json").is_file():
-        t = time.time()
-        train(run_dir, DataConfig(str(files["train"]), str(files["dev"]), SourceOptions()),
-              ModelConfig(arch=arch), TrainConfig(head_init="lp" if arch == "cross" else "random"), overwrite=True)
-        print(f"trained {run_dir} in {time.time() - t:.0f}s", flush=True)
-    sets = [EvalSet("id-dev", str(files["dev"]), "id"), EvalSet("id-test", str(files["test"]), "test"),
-            EvalSet(f"ood-{held}", str(folder / "sts-ood.csv"), "ood")]
-    done = out / "wise" / f"{arch}-{held}"
-    if (done / "config.json").is_file() and (done / "results.jsonl").is_file():  # swept already: report it
-        records = [json.loads(line) for line in (done / "results.jsonl").read_text().splitlines()]
-        return {"arch": arch, "held": held, "records": records,
-                "chosen": json.loads((done / "config.json").read_text())["wise"]["alpha"], "seconds": None}
+    run_dir = out / "runs" / f"{endpoint}-{held}"
+    mc, tc = ENDPOINTS[endpoint]
     t = time.time()
-    result = wise(run_dir, out / "wise" / f"{arch}-{held}", sets, SourceOptions(), WiseConfig(alphas=alphas),
-                  choose=True, overwrite=True, say=lambda line: print(line, flush=True))
-    return {"arch": arch, "held": held, "records": result.records, "chosen": result.chosen,
-            "seconds": time.time() - t}
+    train(run_dir, DataConfig(str(files["train"]), str(files["dev"]), SourceOptions()), ModelConfig(**mc),
+          TrainConfig(**tc), resume_if_exists=True)
+    trained = time.time() - t
+    sets = [EvalSet("id-dev", str(files["dev"]), "id"), EvalSet("id-test", str(files["test"]), "test"),
+            EvalSet("ood-dev", str(folder / "sts-ood-dev.csv"), "ood"),
+            EvalSet("ood-test", str(folder / "sts-ood-test.csv"), "ood")]
+    done = out / "wise" / f"{endpoint}-{held}"
+    t = time.time()
+    if (done / "config.json").is_file() and (done / RESULTS).is_file():  # swept already: report it
+        records = [json.loads(line) for line in (done / RESULTS).read_text().splitlines()]
+    else:
+        records = wise(run_dir, done, sets, SourceOptions(), WiseConfig(), choose=True, overwrite=True,
+                       say=lambda line: print(line, flush=True)).records
+    return {"endpoint": endpoint, "held": held, "records": records, "train_s": trained, "sweep_s": time.time() - t}
 
 
-def _get(records: list[dict], alpha: float, role: str) -> float:
-    return next(r["spearman"] for r in records if r["alpha"] == alpha and r["role"] == role)
+def _get(records: list[dict], alpha: float, name: str, mode: str = "weights") -> float:
+    return next(r["spearman"] for r in records if r["alpha"] == alpha and r["set"] == name and r["mode"] == mode)
 
 
-def report(results: list[dict], alphas: list[float]) -> str:
-    lines = []
-    for arch in dict.fromkeys(r["arch"] for r in results):
-        rows = [r for r in results if r["arch"] == arch]
-        start = "linear probe" if arch == "cross" else "zero-shot"
-        lines += [f"### --arch {arch} (seq_bn; α = 0: {start}, α = 1: fine-tuned), Spearman ×100, ID test / OOD", "",
-                  "| α | " + " | ".join(f"held-out {r['held']}: ID / OOD" for r in rows) + " |",
-                  "|---|" + "---|" * len(rows)]
-        for a in alphas:
-            cells = []
-            for r in rows:
-                mark = " ←" if a == r["chosen"] else ""
-                id_test, ood = (100 * _get(r["records"], a, role) for role in ("test", "ood"))
-                cells.append(f"{id_test:.2f} / {ood:.2f}{mark}")
-            lines.append(f"| {a:g} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["### chosen α (on ID dev only) against both endpoints", "",
-              "| arch | held-out | chosen α | ID test Δ vs α=1 | OOD chosen | OOD α=0 | OOD α=1 | beats both on OOD | "
-              "ID loss ≤ 0.5 |", "|---|---|---|---|---|---|---|---|---|"]
+def judged(r: dict) -> list[dict]:
+    """Per rule: the chosen α, its ID test and OOD test Spearman, both endpoints', its OOD margin over the
+    better endpoint and its ID change against the fine-tuned one (α = 1)."""
+    rec, rows = r["records"], []
+    ends = {a: (_get(rec, a, "id-test"), _get(rec, a, "ood-test")) for a in (0.0, 1.0)}
+    for label, on, mode in RULES:
+        a = choose_alpha(rec, on=on, mode=mode)
+        id_test, ood = _get(rec, a, "id-test", mode), _get(rec, a, "ood-test", mode)
+        margin = ood - max(ends[0.0][1], ends[1.0][1])
+        rows.append({"rule": label, "alpha": a, "id_test": id_test, "ood_test": ood, "ends": ends,
+                     "ood_margin": margin, "id_delta": id_test - ends[1.0][0]})
+    return rows
+
+
+def report(results: list[dict]) -> str:
+    lines = ["| endpoint | held-out | α chosen on, mode | α | ID test | OOD test | α=0 ID / OOD | α=1 ID / OOD | "
+             "OOD vs better end | ID vs α=1 |", "|---|---|---|---:|---:|---:|---|---|---:|---:|"]
     for r in results:
-        a = r["chosen"]
-        id_delta = 100 * (_get(r["records"], a, "test") - _get(r["records"], 1.0, "test"))
-        ood = [100 * _get(r["records"], x, "ood") for x in (a, 0.0, 1.0)]
-        beats = ood[0] > ood[1] and ood[0] > ood[2]
-        lines.append(f"| {r['arch']} | {r['held']} | {a:g} | {id_delta:+.2f} | {ood[0]:.2f} | {ood[1]:.2f} | "
-                     f"{ood[2]:.2f} | {'yes' if beats else 'no'} | {'yes' if id_delta >= -0.5 else 'no'} |")
+        for j in judged(r):
+            (i0, o0), (i1, o1) = j["ends"][0.0], j["ends"][1.0]
+            lines.append(f"| {r['endpoint']} | {r['held']} | {j['rule']} | {j['alpha']:g} | {100 * j['id_test']:.2f} | "
+                         f"{100 * j['ood_test']:.2f} | {100 * i0:.2f} / {100 * o0:.2f} | "
+                         f"{100 * i1:.2f} / {100 * o1:.2f} | "
+                         f"{100 * j['ood_margin']:+.2f} | {100 * j['id_delta']:+.2f} |")
+    lines += ["", "Target (bi): chosen α beats both endpoints on OOD by ≥ 0.5 with ≤ 0.5 ID loss, in ≥ 2 of 3 genres."]
+    for r in results:
+        lines += ["", f"#### {r['endpoint']}, held-out {r['held']}: Spearman ×100 along α (weights | outputs)", "",
+                  "| α | ID dev | ID test | OOD dev | OOD test | ens. ID test | ens. OOD test |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for a in dict.fromkeys(x["alpha"] for x in r["records"]):
+            cells = [_get(r["records"], a, s) for s in ("id-dev", "id-test", "ood-dev", "ood-test")]
+            cells += [_get(r["records"], a, s, "outputs") for s in ("id-test", "ood-test")]
+            lines.append(f"| {a:g} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,19 +109,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stsb", default=str(ROOT.parent / "shared" / "data" / "stsb"))
     p.add_argument("--out", default="runs/bench-wise")
-    p.add_argument("--archs", nargs="+", default=["bi", "cross"])
+    p.add_argument("--endpoints", nargs="+", default=["bi", "cross"], choices=list(ENDPOINTS))
     p.add_argument("--held", nargs="+", default=list(HELD_OUT), choices=HELD_OUT)
     args = p.parse_args()
     out = Path(args.out)
-    alphas = [round(0.1 * i, 10) for i in range(11)]
     write_genre_shift(args.stsb, out / "splits")
-    results = [run_one(arch, held, out / "splits", out, alphas) for arch in args.archs for held in args.held]
-    text = report(results, alphas)
-    text += (f"\nmachine: {platform.processor() or platform.machine()}, {platform.node()}; "
-             f"date {time.strftime('%Y-%m-%d')}\n")
+    results = []
+    for endpoint in args.endpoints:
+        for held in args.held:
+            results.append(run_one(endpoint, held, out / "splits", out))
+            write_text(out / "results.json", json.dumps(results, indent=1))
+    text = report(results) + f"\nmachine: {cpu_info()}; date {time.strftime('%Y-%m-%d')}\n"
     print(text)
     write_text(out / "report.md", text)
-    write_text(out / "results.json", json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

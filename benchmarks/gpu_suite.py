@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bench_adapter_kernel as bak  # noqa: E402
+from machine_info import cpu_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STSB = REPO.parent / "shared" / "data" / "stsb"
@@ -179,7 +180,8 @@ def part_env(s: Suite, p: Part) -> None:
         except (OSError, subprocess.TimeoutExpired) as e:
             f["driver"] = f"nvidia-smi did not answer ({type(e).__name__})"
     else:
-        f["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), no GPU"
+        f["device"] = "CPU, no GPU"
+    f["host CPU"] = cpu_info()
     f["python"] = platform.python_version()
     for name in ("torch", "triton", "onnxruntime", "onnxruntime-gpu", "transformers", "adapters",
                  "sentence-transformers", "accelerate", "tokenizers"):

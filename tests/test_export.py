@@ -366,3 +366,53 @@ def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, 
         export_sentence_transformers(runs["bi-seq_bn"], tmp_path / "no")
     assert not (tmp_path / "no").exists()
     assert main(["export", str(runs["bi-ia3"]), "--onnx", "--sentence-transformers", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_bce_cross_encoder_keeps_its_sigmoid_in_every_form(tmp_path, small_stsb, dev):
+    """A cross-encoder trained with --loss bce ends in a sigmoid: its scores lie inside the declared
+    range, and its merged folder, ONNX bundle and sentence-transformers folder (CrossEncoder with
+    a Sigmoid, on 0..1, mapped back by toolkit.json's scale) give the run's scores."""
+    from sentence_transformers import CrossEncoder
+
+    from toolkit.merge import load_merged_run
+    from toolkit.st_folders import export_sentence_transformers
+
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    run_dir = tmp_path / "bce"
+    train(run_dir, data, ModelConfig(arch="cross", adapter="lora", max_length=48),
+          TrainConfig(epochs=1, batch_size=8, lr=5e-3, loss="bce", patience=0))
+    assert json.loads((run_dir / "config.json").read_text())["model"]["head_activation"] == "sigmoid"
+    run = load_run(run_dir, fused_kernel="off")
+    want = run.predictor(device="cpu").predict(dev.s1, dev.s2)
+    batch = run.tokens.tokenizer(dev.s1[:8], dev.s2[:8], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = run.model(**batch, output="logit").double().numpy()
+    np.testing.assert_allclose(want[:8], 5 / (1 + np.exp(-logits)), atol=1e-5)  # range 0..5, by hand
+    assert 0 < want.min() and want.max() < 5
+
+    merged = merge_run(run_dir, tmp_path / "merged")
+    np.testing.assert_allclose(load_merged_run(merged).predictor(device="cpu").predict(dev.s1, dev.s2), want,
+                               atol=1e-5)
+    _export(run_dir, tmp_path / "bundle", small_stsb)
+    np.testing.assert_allclose(Bundle.load(tmp_path / "bundle", threads=2).predict(dev.s1, dev.s2), want, atol=1e-4)
+    st_dir = export_sentence_transformers(merged, tmp_path / "st", log=lambda line: None)
+    info = json.loads((st_dir / "toolkit.json").read_text())
+    assert info["score"] == "offset + scale * CrossEncoder.predict"
+    got = CrossEncoder(str(st_dir), device="cpu").predict(list(zip(dev.s1, dev.s2)), batch_size=16)
+    assert 0 < got.min() and got.max() < 1
+    np.testing.assert_allclose(info["labels"]["offset"] + info["labels"]["scale"] * got, want, atol=1e-4)
+
+
+def test_mean_pooled_cross_encoder_exports_to_onnx_and_refuses_to_merge(tmp_path, small_stsb, dev):
+    """BERT's sequence classifier reads [CLS]: a mean-pooled head goes to ONNX from the run, not through
+    a merged transformers folder."""
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+    run_dir = tmp_path / "mean"
+    train(run_dir, data, ModelConfig(arch="cross", adapter="lora", max_length=48, pooling="mean"),
+          TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=0, normalize="zscore"))
+    want = load_run(run_dir, fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
+    _export(run_dir, tmp_path / "bundle", small_stsb)
+    np.testing.assert_allclose(Bundle.load(tmp_path / "bundle", threads=2).predict(dev.s1, dev.s2), want, atol=1e-4)
+    with pytest.raises(ToolkitError, match="on the mean of the token states.*no transformers equivalent"):
+        merge_run(run_dir, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

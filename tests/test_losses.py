@@ -1,6 +1,7 @@
 """The rank losses (CoSENT, AnglE): a hand-computed case, sentence-transformers' values on the same
 batch, the filler slots and step weights, and the first step of a real training run against
-sentence-transformers' loss on its own embeddings of that step's pairs."""
+sentence-transformers' loss on its own embeddings of that step's pairs. BCE for cross-encoders:
+its value by hand, and which combinations of loss, head and targets are refused."""
 from __future__ import annotations
 
 import json
@@ -100,5 +101,40 @@ def test_rank_losses_are_for_bi_encoders(tmp_path, small_stsb):
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]))
     with pytest.raises(ToolkitError, match="--loss cosent ranks a bi-encoder's similarities"):
         train(tmp_path / "run", data, ModelConfig(arch="cross"), TrainConfig(loss="cosent"))
-    with pytest.raises(ToolkitError, match="--loss must be one of mse, cosent, angle"):
+    with pytest.raises(ToolkitError, match="--loss must be one of mse, cosent, angle, bce"):
         TrainConfig(loss="huber").validate()
+
+
+def test_bce_by_hand_with_filler_slots():
+    logits = torch.tensor([2.0, -1.0, 0.0, 3.0], dtype=torch.float64)
+    y = torch.tensor([0.8, 0.2, 0.5, 1.0], dtype=torch.float64)
+    w = torch.tensor([0.25, 0.25, 0.25, 0.0], dtype=torch.float64)  # the last slot only fills the batch
+    sig = 1 / (1 + torch.exp(-logits))
+    by_hand = -(y * torch.log(sig) + (1 - y) * torch.log(1 - sig))
+    objective, logged = batch_objective("bce", logits, y, w)
+    assert objective.item() == pytest.approx(float((by_hand * w).sum()), rel=1e-12)
+    assert logged.item() == pytest.approx(float(by_hand[:3].sum()), rel=1e-12)
+    # its minimum over the logit is at sigmoid(logit) = y, where the loss is y's entropy
+    best = torch.logit(y[:3])
+    at_best = batch_objective("bce", best, y[:3], torch.ones(3, dtype=torch.float64))[1]
+    entropy = -(y[:3] * torch.log(y[:3]) + (1 - y[:3]) * torch.log(1 - y[:3])).sum()
+    assert at_best.item() == pytest.approx(entropy.item(), rel=1e-12)
+
+
+def test_bce_combinations_that_cannot_work_are_refused(tmp_path, small_stsb):
+    from toolkit.errors import ToolkitError
+    from toolkit.model import ModelConfig
+    from toolkit.train import DataConfig, TrainConfig, objective_model, train
+
+    cross = ModelConfig(arch="cross")
+    assert objective_model(cross, TrainConfig(loss="bce")).head_activation == "sigmoid"
+    assert objective_model(cross, TrainConfig()).head_activation is None  # mse: the identity, as before
+    with pytest.raises(ToolkitError, match="--loss bce is for cross-encoders"):
+        objective_model(ModelConfig(arch="bi"), TrainConfig(loss="bce"))
+    with pytest.raises(ToolkitError, match="drop --head-activation identity"):
+        objective_model(ModelConfig(arch="cross", head_activation="identity"), TrainConfig(loss="bce"))
+    with pytest.raises(ToolkitError, match="--head-init lp fits the head's last layer"):
+        objective_model(cross, TrainConfig(loss="bce", head_init="lp"))
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]))
+    with pytest.raises(ToolkitError, match="a sigmoid head .* predicts the score scaled to 0..1"):
+        train(tmp_path / "run", data, cross, TrainConfig(loss="bce", normalize="zscore"))

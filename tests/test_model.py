@@ -103,3 +103,35 @@ def test_only_safetensors_adapters_load(tmp_path):
 def test_bad_model_config():
     with pytest.raises(ToolkitError, match="--adapter must be one of"):
         ModelConfig(adapter="prefix").validate()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("activation", ["identity", "sigmoid"])
+def test_cross_head_reads_what_pooling_says(pooling, activation, tokenizer, pairs):
+    """The cross-encoder's score against a by-hand reference: the base model's last hidden states,
+    pooled ([CLS] or masked mean over the pair's tokens), then the head's Linear-tanh-Linear and the
+    activation, computed here from the weights rather than by the adapters library's head."""
+    model = PairRegressor.create(ModelConfig(arch="cross", adapter="seq_bn", pooling=pooling,
+                                             head_activation=activation), FOLDER)
+    perturb(model)
+    batch = tokenizer(pairs[0][:6], pairs[1][:6], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.encoder.base_model(**batch)[0]
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        x = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+        first, last = [m for m in model.encoder.heads["pair"] if isinstance(m, torch.nn.Linear)]
+        logit = (torch.tanh(x @ first.weight.T + first.bias) @ last.weight.T + last.bias)[:, 0]
+        want = torch.sigmoid(logit) if activation == "sigmoid" else logit
+        torch.testing.assert_close(model(**batch), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(**batch, output="logit"), logit, rtol=1e-5, atol=1e-6)
+    other = "mean" if pooling == "cls" else "cls"
+    with torch.no_grad():
+        model.cfg.pooling = other
+        assert (model(**batch, output="logit") - logit).abs().max() > 1e-3  # pooling changes the score
+
+
+def test_head_options_are_for_cross_encoders():
+    with pytest.raises(ToolkitError, match="--pooling and --head-activation are for cross-encoders"):
+        ModelConfig(arch="bi", pooling="mean").validate()
+    with pytest.raises(ToolkitError, match="--pooling must be cls or mean"):
+        ModelConfig(arch="cross", pooling="max").validate()

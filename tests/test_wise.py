@@ -171,8 +171,14 @@ def test_choice_rule_uses_id_only_and_breaks_ties_to_smaller_alpha():
             [(0.0, 0.80), (0.5, 0.8495), (0.8, 0.8500), (1.0, 0.8492)]]
     recs += [{"alpha": a, "set": "shift", "role": "ood", "spearman": 0.99 if a == 0.0 else 0.5}
              for a in (0.0, 0.5, 0.8, 1.0)]
+    recs += [{"alpha": a, "mode": "outputs", "set": "dev", "role": "id", "spearman": 0.9 if a == 1.0 else 0.1}
+             for a in (0.0, 0.5, 0.8, 1.0)]
     assert choose_alpha(recs, tie=0.001) == 0.5
     assert choose_alpha(recs, tie=0.0) == 0.8
+    assert choose_alpha(recs, on="shift") == 0.0  # chosen on the shifted set when asked: its best
+    assert choose_alpha(recs, mode="outputs") == 1.0
+    with pytest.raises(ToolkitError, match="--choose-on nope: no such evaluation set"):
+        choose_alpha(recs, on="nope")
     mse = [{"alpha": a, "set": "dev", "role": "id", "mse": m} for a, m in [(0.0, 2.0), (0.6, 0.5), (1.0, 0.7)]]
     assert choose_alpha(mse, metric="mse", tie=0.0) == 0.6
     assert parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -191,8 +197,8 @@ def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
              f"shift={small_stsb['test']}", "--alphas", "0:1:0.5", "--choose", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    want = [(a, s) for a in (0.0, 0.5, 1.0) for s in ("dev", "shift")]
-    assert [(rec["alpha"], rec["set"]) for rec in records] == want
+    want = [(m, a, s) for m in ("weights", "outputs") for a in (0.0, 0.5, 1.0) for s in ("dev", "shift")]
+    assert [(rec["mode"], rec["alpha"], rec["set"]) for rec in records] == want
     assert {"mse", "rmse", "mae", "pearson", "spearman", "n"} <= records[0].keys()
     assert (out / "wise.png").stat().st_size > 10_000
     alpha = json.loads((out / "config.json").read_text())["wise"]["alpha"]
@@ -212,6 +218,9 @@ def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
     got = [json.loads(line)["score"] for line in scores.read_text().splitlines()]
     np.testing.assert_allclose(got, want, atol=1e-4)
 
+    r = _cli("wise", str(runs["bi-seq_bn"]), "--choose-on", "elsewhere", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--choose-on elsewhere: no such evaluation set" in r.stderr
     r = _cli("wise", str(runs["bi-seq_bn"]), "--start", str(runs["bi-ia3"]), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different adapter" in r.stderr
 
@@ -233,6 +242,9 @@ def test_genre_shift_splits(tmp_path, stsb_dir):
         ood = (folder / "sts-ood.csv").read_bytes().splitlines(keepends=True)
         assert ood == [line for s in ("dev", "test") for line in original[s]
                        if genre[line.split(b"\t")[0].decode()] == held]
+        for split in ("dev", "test"):  # the same rows by split, for choosing α on the shift
+            got = (folder / f"sts-ood-{split}.csv").read_bytes().splitlines(keepends=True)
+            assert got == [line for line in original[split] if genre[line.split(b"\t")[0].decode()] == held]
         pairs, _ = read_pairs(folder / "sts-ood.csv")
         assert len(pairs) == len(ood) and len(set(map(genre.get, pairs.groups))) == 1
     counts = collections.Counter(genre[line.split(b"\t")[0].decode()] for line in original["train"])
@@ -262,3 +274,30 @@ def test_ridge_grid_extends_past_its_edge_and_flags_what_stays_there():
     _, _, inner = fit_ridge(x, x @ rng.normal(size=40) + 0.01 * rng.normal(size=60), x_dev,
                             x_dev @ np.zeros(40), extend=0)
     assert inner.at_edge == (inner.penalty in (min(RIDGE_PENALTIES), max(RIDGE_PENALTIES)))
+
+
+def test_output_ensemble_mixes_the_two_endpoints_scores(tmp_path, runs, small_stsb):
+    """The output-space baseline against an independent reference: plain transformers' zero-shot scores
+    and a fresh load of the run, mixed by hand, scored by scipy; on a grid without 0 and 1 (the
+    endpoints are then predicted on their own), with α chosen on a named set."""
+    from scipy.stats import spearmanr
+
+    from toolkit.wise import EvalSet, WiseConfig, wise
+
+    pairs, _ = read_pairs(small_stsb["dev"], SourceOptions(), gold=True)
+    run = load_run(runs["bi-seq_bn"], fused_kernel="off")
+    start = run.labels.denormalize(_zero_shot(pairs.s1, pairs.s2))
+    end = run.predictor().predict(pairs.s1, pairs.s2)
+    sets = [EvalSet("dev", str(small_stsb["dev"]), "id"), EvalSet("shift", str(small_stsb["test"]), "ood")]
+    result = wise(runs["bi-seq_bn"], tmp_path / "w", sets, SourceOptions(),
+                  WiseConfig(alphas=[0.25, 0.6], progress=False, choose_on="shift"), choose=True, say=lambda s: None)
+    mixed = {r["alpha"]: r for r in result.records if r["mode"] == "outputs" and r["set"] == "dev"}
+    assert sorted(mixed) == [0.25, 0.6] and len(result.records) == 8
+    for alpha, record in mixed.items():
+        want = spearmanr((1 - alpha) * start + alpha * end, pairs.scores).statistic
+        assert record["spearman"] == pytest.approx(want, abs=2e-6)
+    info = json.loads((tmp_path / "w" / "config.json").read_text())["wise"]
+    assert info["chosen_on_set"] == "shift" and info["chosen_on_role"] == "ood"
+    shift = {r["alpha"]: r["spearman"] for r in result.records if r["mode"] == "weights" and r["set"] == "shift"}
+    assert info["alpha"] == choose_alpha(result.records, on="shift") == max(shift, key=shift.get)
+    assert info["ensemble_alpha"] == choose_alpha(result.records, on="shift", mode="outputs")

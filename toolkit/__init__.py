@@ -12,7 +12,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 __version__ = "0.1.0"
 
-API = ("check", "train", "load", "predict", "evaluate", "merge", "export", "score", "wise", "shift_splits")
+API = ("check", "train", "search", "load", "predict", "evaluate", "merge", "export", "score", "wise",
+       "shift_splits")
 __all__ = ["__version__", *API]
 
 

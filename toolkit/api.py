@@ -32,6 +32,12 @@ def option_classes(command: str) -> tuple[type, ...]:
         from .train import DataConfig, TrainConfig
 
         return ModelConfig, TrainConfig, DataConfig
+    if command == "search":
+        from .model import ModelConfig
+        from .search import SearchConfig
+        from .train import DataConfig, TrainConfig
+
+        return ModelConfig, TrainConfig, DataConfig, SearchConfig
     if command == "export":
         from .export import ExportConfig
 
@@ -164,6 +170,33 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
     elif not (data_cfg.train and data_cfg.dev):
         raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
     return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists)
+
+
+def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optional[str] = None, say: Say = None,
+           **options: Any) -> dict:
+    """Search learning rate, epochs, adapter size, loss (and a cross-encoder's pooling) on dev with Optuna; re-run
+    the best setting with each seed and only then score test. Resumable: the same command continues a killed
+    search. Returns what FOLDER/search.json holds.
+
+    Args:
+        data: stsb:FOLDER (its train and dev splits; its test split is scored at the end); or train=FILE, dev=FILE
+        out: search folder (study, one run per trial, the seeds' runs, search.json, search.png)
+        test: pair file scored by the chosen setting's seed runs, after the choice (default with stsb: its test split)
+    """
+    from .search import search as run_search
+
+    if not out:
+        raise ToolkitError("name the search folder: --out FOLDER")
+    model_cfg, cfg, data_cfg, search_cfg = configs("search", options)
+    if data:
+        if data_cfg.train or data_cfg.dev:
+            raise ToolkitError("pass either --data or --train/--dev, not both")
+        data_cfg.train, data_cfg.dev = _data_path(data, "train"), _data_path(data, "dev")
+        if test is None and data.startswith("stsb:"):
+            test = _data_path(data, "test")
+    elif not (data_cfg.train and data_cfg.dev):
+        raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
+    return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet)
 
 
 def load(path: str | Path, batch_size: int = 128, provider: str = "auto", threads: Optional[int] = None,
@@ -317,7 +350,8 @@ def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (
         test: [NAME=]FILE, more in-distribution sets, reported and never used to choose (repeat the flag)
         start: θ0 = another run of the same model and adapter (default: the weights this run's training started
             from)
-        choose: save the chosen α as a run in out (rule: best id metric; within tie of it, the smallest α)
+        choose: save the chosen α as a run in out (rule: best metric on the id set, or on the --choose-on set; within
+            tie of it, the smallest α)
         overwrite: replace a folder already in out
     """
     from .wise import wise as run_wise

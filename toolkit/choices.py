@@ -9,7 +9,9 @@ Provider = Literal["auto", "cpu", "cuda"]
 Format = Literal["auto", "csv", "tsv", "stsb", "jsonl", "parquet", "sqlite", "datasets"]
 Policy = Literal["fail", "skip", "collect"]
 Attention = Literal["auto", "fused", "plain"]
-Loss = Literal["mse", "cosent", "angle"]
+Loss = Literal["mse", "cosent", "angle", "bce"]
+Pooling = Literal["cls", "mean"]
+HeadActivation = Literal["identity", "sigmoid"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 ADAPTERS: tuple[str, ...] = get_args(Adapter)
@@ -17,3 +19,4 @@ FORMATS: tuple[str, ...] = get_args(Format)
 POLICIES: tuple[str, ...] = get_args(Policy)
 LOSSES: tuple[str, ...] = get_args(Loss)
 RANK_LOSSES = ("cosent", "angle")  # bi-encoders only: they rank the pairs of a batch by their cosine/angle
+CROSS_LOSSES = ("mse", "bce")  # bce: cross-encoders only, on the head's logit against the score scaled to 0..1

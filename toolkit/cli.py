@@ -38,6 +38,8 @@ COMMANDS = {
                       "sentence-transformers folder", flags=("out",)),
     "score": Command("score", "stream-score a pair file with a bundle or run; resumable, shardable",
                      flags=("out",), aliases=(("out", ("-o", "--output")),)),
+    "search": Command("search", "search hyperparameters on dev (Optuna), re-run the best with several seeds, then "
+                      "score test; resumable", flags=("out",)),
     "wise": Command("wise", "WiSE-FT: sweep α between a run's start and its trained weights on in-distribution "
                     "and shifted sets; optionally save the chosen α as a run", flags=("out",), repeat=("ood", "test")),
     "shift-splits": Command("shift_splits", "write STS-B genre-shift splits: train on two genres, test on the third"),
@@ -49,7 +51,8 @@ OLD_SPELLINGS = {"--skip-bad-rows": ("--policy", "skip"), "--quiet": ("--no-prog
                  "--sentence-transformers": ("--format", "sentence-transformers")}
 CONFIG_FLAG, PRINT_FLAGS = "--config", ("--print-config", "--print_config")
 GROUPS = {"ModelConfig": "model", "TrainConfig": "training", "DataConfig": "splits", "ExportConfig": "export",
-          "ScoreConfig": "scoring", "RayConfig": "ray", "WiseConfig": "wise", "SourceOptions": "pair_file"}
+          "ScoreConfig": "scoring", "RayConfig": "ray", "WiseConfig": "wise", "SourceOptions": "pair_file",
+          "SearchConfig": "search"}
 
 
 # -- the parser, generated ----------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 (``LengthGroupedBatchSampler``: 1 / pairs in the optimiser step, 0 for a slot that only fills a
 batch), so that a step's loss is the mean over its pairs on any number of processes.
 
+``bce`` (cross-encoders): binary cross-entropy of the head's logit against the score scaled to 0..1,
+weighted per pair as ``mse``; the model then ends in a sigmoid (sentence-transformers' CrossEncoder
+default for similarity: its BinaryCrossEntropyLoss on the same logits).
+
 ``cosent`` and ``angle`` (bi-encoders): rank losses over the pairs of a batch,
 ``log(1 + Σ_{y_i > y_j} exp(λ (s_j - s_i)))``, λ = 20, where s is the cosine of the two embeddings
 (CoSENT: Su 2022, Huang et al. 2024) or AnglE's normalised angle difference in complex space (Li &
@@ -22,8 +26,8 @@ import torch.nn.functional as F
 from .choices import RANK_LOSSES
 
 SCALE = 20.0  # λ, the inverse temperature of both rank losses (sentence-transformers' default)
-# what the bi-encoder's forward must return for each loss (model.PairRegressor.forward's ``similarity``)
-SIMILARITY = {"mse": "cosine", "cosent": "cosine", "angle": "angle"}
+# what the model's forward must return for each loss (model.PairRegressor.forward's ``output``)
+OUTPUT = {"mse": "score", "cosent": "score", "angle": "angle", "bce": "logit"}
 
 
 def angle_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,8 +58,9 @@ def batch_objective(loss: str, predictions: torch.Tensor, targets: torch.Tensor,
     """(the micro-batch's part of the step's loss, to backpropagate; the sum over its counted pairs of
     their loss, for the logs: per pair for mse, the batch's loss times its pairs for the rank losses)."""
     counted = weights > 0
-    if loss == "mse":
-        per_pair = F.mse_loss(predictions, targets, reduction="none")
+    if loss in ("mse", "bce"):
+        per_pair = F.mse_loss(predictions, targets, reduction="none") if loss == "mse" else \
+            F.binary_cross_entropy_with_logits(predictions, targets, reduction="none")
         return (per_pair * weights).sum(), per_pair.detach()[counted].sum()
     if loss not in RANK_LOSSES:
         raise ValueError(f"unknown loss {loss!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 from torch import nn
@@ -50,9 +51,12 @@ def plain_model(model: PairRegressor, base_folder: Path) -> nn.Module:
         target = plain
     else:
         head = model.encoder.config.prediction_heads[NAME]
-        if head["layers"] != 2 or head["activation_function"] != "tanh" or head.get("use_pooler"):
-            raise ToolkitError(f"the cross-encoder head ({head['layers']} layers, {head['activation_function']}) "
-                               "has no transformers equivalent; export the run directly")
+        if head["layers"] != 2 or head["activation_function"] != "tanh" or head.get("use_pooler") or \
+                model.cfg.pooling == "mean":
+            pooled = ", on the mean of the token states" if model.cfg.pooling == "mean" else ""
+            raise ToolkitError(f"the cross-encoder head ({head['layers']} layers, {head['activation_function']}"
+                               f"{pooled}) has no transformers equivalent (BERT's reads [CLS]); export the run "
+                               "directly: toolkit export RUN --onnx")
         config.num_labels, config.problem_type = 1, "regression"
         plain = AutoModelForSequenceClassification.from_config(config)
         target = getattr(plain, plain.base_model_prefix)
@@ -132,10 +136,10 @@ class MergedScorer(nn.Module):
     """A merged directory's model with the calls of ``PairRegressor`` that ``Predictor`` and the
     exporter make (``cfg.arch``, ``embed``, ``forward``), with the same outputs."""
 
-    def __init__(self, plain: nn.Module, arch: str):
+    def __init__(self, plain: nn.Module, arch: str, head_activation: Optional[str] = None):
         super().__init__()
         self.plain = plain
-        self.cfg = SimpleNamespace(arch=arch)
+        self.cfg = SimpleNamespace(arch=arch, head_activation=head_activation)
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         out = self.plain(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
@@ -144,7 +148,8 @@ class MergedScorer(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """The cross-encoder's normalised score."""
         out = self.plain(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out.logits[:, 0].float()
+        logits = out.logits[:, 0].float()
+        return torch.sigmoid(logits) if self.cfg.head_activation == "sigmoid" else logits
 
 
 def load_merged_run(folder: str | Path) -> Run:
@@ -167,4 +172,5 @@ def load_merged(folder: str | Path) -> tuple[dict, MergedScorer, object]:
     check_model_folder(model_dir, False)
     cls = AutoModel if config["model"]["arch"] == "bi" else AutoModelForSequenceClassification
     plain = cls.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
-    return config, MergedScorer(plain.eval(), config["model"]["arch"]), load_tokenizer(model_dir, False)
+    scorer = MergedScorer(plain.eval(), config["model"]["arch"], config["model"].get("head_activation"))
+    return config, scorer, load_tokenizer(model_dir, False)

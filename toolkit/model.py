@@ -1,7 +1,9 @@
 """The pair regressor: a pretrained encoder with an adapter, as a cross- or bi-encoder.
 
-cross: the pair is encoded jointly and the adapters library's classification head (one output)
-       regresses the normalised score.
+cross: the pair is encoded jointly and the adapters library's classification head (one output),
+       on the [CLS] state or the mean of the token states (``pooling``), regresses the normalised
+       score; with a sigmoid after it (``head_activation``), as sentence-transformers' CrossEncoder
+       trains with BCE on scores scaled to 0..1.
 bi:    each sentence is encoded alone and mean-pooled; the score is the cosine of the two
        embeddings, trained with MSE against the score mapped to 0..1 (sentence-transformers'
        CosineSimilarityLoss), or by ranking the batch's pairs (CoSENT, AnglE: losses.py). With the
@@ -20,7 +22,7 @@ import tyro
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .choices import ADAPTERS, ARCHS, Adapter, Arch
+from .choices import ADAPTERS, ARCHS, Adapter, Arch, HeadActivation, Pooling
 from .errors import ToolkitError
 from .loading import DEFAULT_MODEL, load_adapter_model
 from .losses import angle_similarity
@@ -44,6 +46,9 @@ class ModelConfig:
     lora_alpha: Optional[float] = None  # LoRA alpha (default: equal to the rank: scaling 1)
     max_length: int = 128  # tokens per input
     head_layers: int = 2  # cross-encoders: layers of the regression head
+    pooling: Optional[Pooling] = None  # cross-encoders: what the head reads, the [CLS] state (default) or the mean
+    head_activation: Optional[HeadActivation] = None
+    """cross-encoders: the head's output function (default: sigmoid when trained with --loss bce, else identity)"""
     dropout: Optional[float] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
     fused_kernel: Literal["auto", "on", "off"] = "auto"
     """Triton kernel for bottleneck adapters (auto: on with a CUDA GPU and Triton)"""
@@ -64,6 +69,13 @@ class ModelConfig:
             raise ToolkitError("--dropout must be in [0, 1)")
         if self.fused_kernel not in ("auto", "on", "off"):
             raise ToolkitError("--fused-kernel must be auto, on or off")
+        if self.arch == "bi" and (self.pooling is not None or self.head_activation is not None):
+            raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
+                               "each sentence and scores the cosine")
+        if self.pooling not in (None, "cls", "mean"):
+            raise ToolkitError(f"--pooling must be cls or mean, not {self.pooling!r}")
+        if self.head_activation not in (None, "identity", "sigmoid"):
+            raise ToolkitError(f"--head-activation must be identity or sigmoid, not {self.head_activation!r}")
 
 
 def fused_kernel_choice(mode: str) -> tuple[bool, str]:
@@ -200,14 +212,24 @@ class PairRegressor(nn.Module):
         return mean_pool(out[0], attention_mask)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None,
-                similarity: str = "cosine") -> torch.Tensor:
-        """Normalised scores; a bi-encoder's ``similarity`` is "angle" while training with AnglE (losses.py)."""
+                output: str = "score") -> torch.Tensor:
+        """Normalised scores (``output`` "score"); what a training loss takes instead (losses.OUTPUT):
+        "angle", a bi-encoder's AnglE similarity, or "logit", a cross-encoder's head before its sigmoid."""
         if self.cfg.arch == "cross":
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            return out.logits[:, 0].float()
+            if self.cfg.pooling == "mean":  # the library's head reads [CLS] unless given its input
+                hidden = self.encoder.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                                 token_type_ids=token_type_ids)[0]
+                logits = self.encoder.heads[NAME]((hidden,), cls_output=mean_pool(hidden, attention_mask))[0]
+            else:
+                logits = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                      token_type_ids=token_type_ids).logits
+            logits = logits[:, 0].float()
+            if self.cfg.head_activation == "sigmoid" and output != "logit":
+                return torch.sigmoid(logits)
+            return logits
         emb = self.embed(input_ids, attention_mask, token_type_ids)
         a, b = emb.float().chunk(2)
-        if similarity == "angle":
+        if output == "angle":
             return angle_similarity(a, b)
         return F.cosine_similarity(a, b, dim=-1)
 

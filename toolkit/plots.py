@@ -46,7 +46,7 @@ def plot_predictions(path: str | Path, pred: Sequence[float], gold: Sequence[flo
 def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Optional[float], title: str = "",
               start_label: str = "zero-shot") -> None:
     """Left: in-distribution vs shifted metric along α, one line per shifted set, both ends and the
-    chosen α marked. Right: every set's metric against α."""
+    chosen α marked. Right: every set's metric against α. Dashed: the output-space ensemble."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +57,7 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
     roles = {r["set"]: r["role"] for r in records}
     id_sets = [s for s in sets if roles[s] == "id"] or [s for s in sets if roles[s] == "test"]
     ood_sets = [s for s in sets if roles[s] == "ood"]
+    ensembled = any(r.get("mode") == "outputs" for r in records)
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.4), dpi=120)
     ax = axes[0]
     if id_sets and ood_sets:
@@ -72,6 +73,10 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
             if chosen is not None:
                 k = int(np.argmin(np.abs(alphas - chosen)))
                 ax.scatter([scale * x[k]], [scale * y[k]], s=180, facecolors="none", edgecolors="k", zorder=4)
+            if ensembled:
+                _, ex = curve(records, id_sets[0], metric, "outputs")
+                _, ey = curve(records, name, metric, "outputs")
+                ax.plot(scale * ex, scale * ey, "--", color=color, lw=1.0, label=f"{name}, output ensemble")
         ax.set_xlabel(f"{id_sets[0]} (in-distribution) {metric}")
         ax.set_ylabel(f"shifted {metric}")
         ax.set_title(f"square: α=0 ({start_label}), star: α=1 (fine-tuned)"
@@ -84,6 +89,9 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
     for i, name in enumerate(sets):
         alphas, y = curve(records, name, metric)
         ax.plot(alphas, scale * y, "-o", ms=3, color=f"C{i}", label=f"{name} ({roles[name]})")
+        if ensembled:
+            ea, ey = curve(records, name, metric, "outputs")
+            ax.plot(ea, scale * ey, "--", color=f"C{i}", lw=1.0, label=f"{name}, output ensemble")
     if chosen is not None:
         ax.axvline(chosen, color="k", lw=0.8, ls="--")
     ax.set_xlabel("α  (0: " + start_label + ", 1: fine-tuned)")
@@ -97,7 +105,8 @@ def plot_wise(path: str | Path, records: list[dict], metric: str, chosen: Option
     plt.close(fig)
 
 
-def curve(records: list[dict], name: str, metric: str = "spearman") -> tuple[np.ndarray, np.ndarray]:
-    """(alphas, metric) of one set of a WiSE-FT sweep, in α order."""
-    rows = sorted((r["alpha"], r.get(metric)) for r in records if r["set"] == name)
+def curve(records: list[dict], name: str, metric: str = "spearman",
+          mode: str = "weights") -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, metric) of one set of a WiSE-FT sweep (weight space, or "outputs": the ensemble), in α order."""
+    rows = sorted((r["alpha"], r.get(metric)) for r in records if r["set"] == name and r.get("mode", "weights") == mode)
     return np.array([a for a, _ in rows]), np.array([np.nan if v is None else v for _, v in rows])

@@ -7,6 +7,8 @@ For each held-out genre (captions, news, forum) a folder in the release layout, 
     sts-dev.csv     their dev-split rows (model selection, and the held-out set WiSE-FT chooses α on)
     sts-test.csv    their test-split rows (in-distribution test)
     sts-ood.csv     the held-out genre's dev- and test-split rows (shifted test; never trained or chosen on)
+    sts-ood-dev.csv, sts-ood-test.csv   the same rows by split: where α is chosen on the shift itself
+                    (``toolkit wise --choose-on``), choose on ood-dev and report ood-test
 
 Lines are copied byte for byte, so the release's quirks (extra fields, bare quotes) stay as they are.
 The held-out genre's train-split rows are left out: they would only enlarge the shifted test.
@@ -49,6 +51,8 @@ def write_genre_shift(stsb_dir: str | Path, out: str | Path) -> dict[str, dict[s
     for held in HELD_OUT:
         files = {SPLIT_FILES[name]: [line for g, line in splits[name] if g != held] for name in SPLIT_FILES}
         files["sts-ood.csv"] = [line for name in ("dev", "test") for g, line in splits[name] if g == held]
+        for name in ("dev", "test"):
+            files[f"sts-ood-{name}.csv"] = [line for g, line in splits[name] if g == held]
         with atomic_dir(out / f"heldout-{held}") as tmp:
             for name, lines in files.items():
                 (tmp / name).write_bytes(b"".join(lines))

@@ -9,7 +9,9 @@ version that reads them, not a copy of its format kept here.
   ``offset + scale * cosine``, recorded in ``toolkit.json``.
 - cross-encoder: the label scale is folded into the classifier (``scale * W``, ``scale * b +
   offset``) and the activation is the identity, so ``CrossEncoder.predict`` gives the toolkit's
-  scores on the user's scale.
+  scores on the user's scale; a sigmoid head (``--loss bce``) keeps its classifier and gets
+  CrossEncoder's Sigmoid, so ``predict`` gives the score scaled to 0..1 (as sentence-transformers'
+  own STS-B cross-encoders do), and ``toolkit.json`` says how to map it back.
 Bottleneck adapters add layers that a plain transformers model has no place for: such a run is
 refused (export it to ONNX, or train it with LoRA/IA3 for a sentence-transformers folder).
 """
@@ -44,8 +46,9 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
         config, plain, tokenizer = merged_plain(source_dir)
     arch, max_length = config["model"]["arch"], config["model"]["max_length"]
     labels = LabelScale.from_dict(config["labels"])
+    sigmoid = config["model"].get("head_activation") == "sigmoid"
     with tempfile.TemporaryDirectory(prefix="toolkit-st-") as work, atomic_dir(out) as tmp:
-        if arch == "cross":
+        if arch == "cross" and not sigmoid:
             with torch.no_grad():
                 plain.classifier.weight.mul_(labels.scale)
                 plain.classifier.bias.mul_(labels.scale).add_(labels.offset)
@@ -56,10 +59,12 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
             pooling = Pooling(body.get_embedding_dimension(), pooling_mode="mean")
             SentenceTransformer(modules=[body, pooling], similarity_fn_name="cosine", device="cpu").save(str(tmp))
         else:
-            CrossEncoder(work, num_labels=1, max_length=max_length, activation_fn=torch.nn.Identity(),
+            activation = torch.nn.Sigmoid() if sigmoid else torch.nn.Identity()
+            CrossEncoder(work, num_labels=1, max_length=max_length, activation_fn=activation,
                          device="cpu").save(str(tmp))
         write_json(tmp / INFO, {"arch": arch, "labels": labels.to_dict(), "max_length": max_length,
                                 "score": "offset + scale * cosine(embeddings)" if arch == "bi" else
+                                "offset + scale * CrossEncoder.predict" if sigmoid else
                                 "CrossEncoder.predict, on the user's scale", "base_model": config.get("base_model"),
                                 "adapter": config["model"].get("adapter")})
     kind = "SentenceTransformer" if arch == "bi" else "CrossEncoder"

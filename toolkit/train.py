@@ -29,8 +29,8 @@ from .errors import ToolkitError
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import caller_trust, load_tokenizer, resolve_model
-from .losses import SIMILARITY, batch_objective
-from .choices import LOSSES, RANK_LOSSES, Loss, Metric
+from .losses import OUTPUT, batch_objective
+from .choices import CROSS_LOSSES, LOSSES, RANK_LOSSES, Loss, Metric
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
@@ -65,7 +65,8 @@ class TrainConfig:
     normalize: Literal["auto", "range", "zscore"] = "auto"  # target scaling (auto: the declared range, else z-score)
     loss: Loss = "mse"
     """mse on the normalised score; bi-encoders also cosent or angle (rank losses: only the order of the scores
-    is learnt, so choose by spearman; the cosine is not calibrated to the score scale)"""
+    is learnt, so choose by spearman; the cosine is not calibrated to the score scale); cross-encoders also bce
+    (on the score scaled to 0..1 by its range; the head then ends in a sigmoid)"""
     save_steps: int = 0  # also checkpoint every N optimiser steps for --resume (0: at epoch ends only)
     keep_checkpoint: bool = False  # keep the resumable checkpoint after the run
     head_init: Literal["random", "lp"] = "random"
@@ -186,10 +187,34 @@ def _read(path: str, options: SourceOptions, what: str, log: RunLog) -> tuple[Pa
     return pairs, source
 
 
+def objective_model(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
+    """The loss checked against the architecture; the model config as the loss needs it (saved in
+    config.json, so that every later command applies the sigmoid a BCE-trained head ends in)."""
+    if cfg.loss in RANK_LOSSES and model_cfg.arch != "bi":
+        raise ToolkitError(f"--loss {cfg.loss} ranks a bi-encoder's similarities: cross-encoders train with "
+                           f"--loss {' or '.join(CROSS_LOSSES)}")
+    if model_cfg.arch != "cross":
+        if cfg.loss not in ("mse", *RANK_LOSSES):
+            raise ToolkitError(f"--loss {cfg.loss} is for cross-encoders (a bi-encoder's cosine is no logit): "
+                               f"use mse, {' or '.join(RANK_LOSSES)}")
+        return model_cfg
+    if cfg.loss == "bce":
+        if model_cfg.head_activation == "identity":
+            raise ToolkitError("--loss bce trains the logit of a sigmoid head: drop --head-activation identity")
+        model_cfg = dataclasses.replace(model_cfg, head_activation="sigmoid")
+    if cfg.head_init == "lp" and model_cfg.head_activation == "sigmoid":
+        raise ToolkitError("--head-init lp fits the head's last layer to the score by least squares, which a "
+                           "sigmoid head cannot keep: use it with --loss mse and the identity head")
+    return model_cfg
+
+
 def _label_scale(cfg: TrainConfig, model_cfg: ModelConfig, score_range, train_scores: np.ndarray) -> LabelScale:
     kind = cfg.normalize if cfg.normalize != "auto" else ("range" if score_range else "zscore")
     if model_cfg.arch == "bi" and kind != "range":
         raise ToolkitError("--arch bi maps the cosine onto the score range: declare it with --score-range LOW:HIGH")
+    if model_cfg.head_activation == "sigmoid" and kind != "range":
+        raise ToolkitError("a sigmoid head (--loss bce) predicts the score scaled to 0..1 by its range: declare it "
+                           "with --score-range LOW:HIGH (z-scored targets leave 0..1)")
     if kind == "range":
         if score_range is None:
             raise ToolkitError("--normalize range needs --score-range LOW:HIGH")
@@ -244,6 +269,10 @@ def _check_same_run(out: Path, sections: dict, world: dict) -> None:
     """A rerun continues a run only with the settings it was started with."""
     saved = read_json(out / CONFIG)
     asked = json.loads(json.dumps(sections))
+    for name, cls in (("model", ModelConfig), ("train", TrainConfig)):  # a setting added since: its default
+        if isinstance(saved.get(name), dict):
+            saved[name] = {**{f.name: f.default for f in dataclasses.fields(cls)
+                              if f.default is not dataclasses.MISSING}, **saved[name]}
     diffs = differences({k: saved.get(k) for k in asked}, asked)
     diffs += differences({k: saved.get("resolved", {}).get(k) for k in world}, world, "resolved")
     if diffs:
@@ -323,8 +352,7 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     out = Path(out)
     model_cfg.validate()
     cfg.validate()
-    if cfg.loss in RANK_LOSSES and model_cfg.arch != "bi":
-        raise ToolkitError(f"--loss {cfg.loss} ranks a bi-encoder's similarities: cross-encoders train with --loss mse")
+    model_cfg = objective_model(model_cfg, cfg)
     precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
     accelerator = make_accelerator(precision, cfg.grad_accum, cfg.log_with, out)
@@ -529,7 +557,7 @@ def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[Ba
         with acc.accumulate(s.model):
             torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, acc.process_index))
             targets, weights, index = batch.pop("labels"), batch.pop("weights"), batch.pop("index")
-            predictions = s.model(**batch, similarity=SIMILARITY[cfg.loss]).float()
+            predictions = s.model(**batch, output=OUTPUT[cfg.loss]).float()
             objective, logged = batch_objective(cfg.loss, predictions, targets.float(), weights.float())
             acc.backward(objective * s.loss_scale)
             if acc.sync_gradients and cfg.max_grad_norm:

@@ -13,6 +13,11 @@ run of the same model and adapter (``start``). Per adapter type, from the run's 
 The cross-encoder's head interpolates from its linear probe (``--head-init lp``, see probe.py): with
 ``--arch bi`` α = 0 is exactly the zero-shot model, with ``--arch cross`` it is the linear probe on the
 frozen pre-trained model.
+
+Beside the weight-space sweep, the paper's output-space baseline is reported on the same α grid: the
+two endpoints' scores mixed, (1 − α)·f(θ0) + α·f(θ1) (an ensemble: two forward passes per pair, so it
+is reported, not saved as a model). α is chosen on the in-distribution held-out set, or on a set named
+by ``choose_on`` (a held-out genre's dev split, say), and the result says which.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ from .sources import SourceOptions, read_pairs
 RESULTS = "results.jsonl"
 PLOT = "wise.png"
 # what must agree for two runs to be points of one weight space
-_SAME_MODEL = ("arch", "adapter", "reduction_factor", "lora_r", "lora_alpha", "head_layers")
+_SAME_MODEL = ("arch", "adapter", "reduction_factor", "lora_r", "lora_alpha", "head_layers", "pooling",
+               "head_activation")
 
 
 @dataclass
@@ -52,10 +58,15 @@ class EvalSet:
 class WiseConfig:
     """The α sweep and the rule that chooses α."""
 
-    alphas: Alphas = field(default_factory=lambda: [round(0.1 * i, 10) for i in range(11)])
+    alphas: Alphas = field(default_factory=lambda: [round(0.05 * i, 10) for i in range(21)])
     """α values: START:STOP:STEP (stop included) or a list A,B,C"""
     metric: Metric = "spearman"  # the metric α is chosen by
     tie: float = 0.001  # metric difference counted as a tie; ties go to the smaller α (0.001 = 0.1 Spearman points)
+    ensemble: bool = True
+    """also report output-space ensembling on the same α grid: (1 - α)·score(θ0) + α·score(θ1) (no extra model)"""
+    choose_on: Optional[str] = None
+    """name of the set α is chosen on (default: the in-distribution held-out set, --id); e.g. a held-out genre's dev
+    split given with --ood NAME=FILE, which the results then mark as used for the choice"""
     batch_size: int = 128  # pairs per forward pass
     progress: bool = True  # progress bar with rate and ETA (--quiet: none)
 
@@ -178,7 +189,8 @@ def _read_sets(sets: Sequence[EvalSet], options: SourceOptions, run: Run) -> lis
 
 def sweep(run: Run, interpolation: Interpolation, sets: Sequence[EvalSet], options: SourceOptions,
           cfg: WiseConfig, say: Callable[[str], None] = print) -> list[dict]:
-    """One record per α per set: every metric, in α order."""
+    """One record per α per set (``mode`` "weights"), then with ``cfg.ensemble`` one per α per set of
+    the endpoints' mixed scores (``mode`` "outputs"): every metric, in α order."""
     from tqdm.auto import tqdm
 
     data = _read_sets(sets, options, run)
@@ -186,27 +198,44 @@ def sweep(run: Run, interpolation: Interpolation, sets: Sequence[EvalSet], optio
         if skipped:
             say(skipped)
     predictor = run.predictor(batch_size=cfg.batch_size)
-    records = []
-    total = len(cfg.alphas) * sum(len(p) for _, p, _ in data)
+    records, ends = [], {}
+    extra = [a for a in (0.0, 1.0) if a not in cfg.alphas] if cfg.ensemble else []
+    total = (len(cfg.alphas) + len(extra)) * sum(len(p) for _, p, _ in data)
     with tqdm(total=total, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
               mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
-        for alpha in cfg.alphas:
+        for alpha in [*cfg.alphas, *extra]:
             interpolation.set(alpha)
             for s, pairs, _ in data:
                 bar.set_description(f"α={alpha:g} {s.name}")
                 pred = predictor.predict(pairs.s1, pairs.s2)
-                metrics, _ = evaluate_predictions(pred, pairs.scores, pairs.groups, ci=False)
-                records.append({"alpha": alpha, "set": s.name, "role": s.role, "data": s.path, **metrics})
+                if alpha in (0.0, 1.0):
+                    ends[(alpha, s.name)] = pred
+                if alpha not in extra:
+                    metrics, _ = evaluate_predictions(pred, pairs.scores, pairs.groups, ci=False)
+                    records.append({"alpha": alpha, "mode": "weights", "set": s.name, "role": s.role,
+                                    "data": s.path, **metrics})
                 bar.update(len(pairs))
+    if cfg.ensemble:
+        for alpha in cfg.alphas:
+            for s, pairs, _ in data:
+                mixed = (1 - alpha) * ends[(0.0, s.name)] + alpha * ends[(1.0, s.name)]
+                metrics, _ = evaluate_predictions(mixed, pairs.scores, pairs.groups, ci=False)
+                records.append({"alpha": alpha, "mode": "outputs", "set": s.name, "role": s.role,
+                                "data": s.path, **metrics})
     return records
 
 
-def choose_alpha(records: list[dict], metric: str = "spearman", tie: float = 0.001) -> float:
-    """The α with the best metric on the in-distribution held-out set; α values within ``tie`` of
-    the best count as tied, and the smallest of them wins (closest to the pre-trained model: the
-    robust side). Shifted sets are never looked at."""
-    id_rows = [r for r in records if r["role"] == "id" and r.get(metric) is not None]
+def choose_alpha(records: list[dict], metric: str = "spearman", tie: float = 0.001, on: Optional[str] = None,
+                 mode: str = "weights") -> float:
+    """The α with the best metric on the in-distribution held-out set (or the set named ``on``);
+    α values within ``tie`` of the best count as tied, and the smallest of them wins (closest to the
+    pre-trained model: the robust side). No other set is looked at."""
+    id_rows = [r for r in records if r.get("mode", "weights") == mode and r.get(metric) is not None
+               and (r["set"] == on if on is not None else r["role"] == "id")]
     if not id_rows:
+        if on is not None:
+            raise ToolkitError(f"--choose-on {on}: no such evaluation set with a defined {metric} (name a set given "
+                               "with --id, --ood or --test)")
         raise ToolkitError(f"--choose needs an in-distribution held-out set (--id) with a defined {metric}")
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     best = max(sign * r[metric] for r in id_rows)
@@ -214,17 +243,20 @@ def choose_alpha(records: list[dict], metric: str = "spearman", tie: float = 0.0
 
 
 def table(records: list[dict], metric: str = "spearman", chosen: Optional[float] = None) -> str:
-    """α down, sets across: the metric (×100 for correlations), chosen α marked."""
+    """α down, sets across (weight space, then output-space ensembling where measured): the metric
+    (×100 for correlations), chosen α marked."""
     sets = list(dict.fromkeys(r["set"] for r in records))
+    modes = list(dict.fromkeys(r.get("mode", "weights") for r in records))
     roles = {r["set"]: r["role"] for r in records}
-    by = {(r["alpha"], r["set"]): r.get(metric) for r in records}
+    by = {(r["alpha"], r.get("mode", "weights"), r["set"]): r.get(metric) for r in records}
     scale = 100.0 if metric in ("spearman", "pearson") else 1.0
-    heads = [f"{s} ({roles[s]})" for s in sets]
+    columns = [(m, s) for m in modes for s in sets]
+    heads = [f"{s} ({roles[s]}){'' if m == 'weights' else ' ens.'}" for m, s in columns]
     width = max(10, *(len(h) for h in heads))
     lines = [f"{'α':>6}  " + "  ".join(h.rjust(width) for h in heads)]
     for alpha in dict.fromkeys(r["alpha"] for r in records):
-        cells = ["n/a".rjust(width) if by[(alpha, s)] is None else f"{scale * by[(alpha, s)]:.2f}".rjust(width)
-                 for s in sets]
+        cells = ["n/a".rjust(width) if by[(alpha, m, s)] is None else f"{scale * by[(alpha, m, s)]:.2f}".rjust(width)
+                 for m, s in columns]
         mark = "  <- chosen" if chosen is not None and alpha == chosen else ""
         lines.append(f"{alpha:>6g}  " + "  ".join(cells) + mark)
     return "\n".join(lines)
@@ -274,8 +306,11 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
         raise ToolkitError("two evaluation sets have the same name: name them NAME=PATH")
     start = load_run(start_dir, fused_kernel="off") if start_dir is not None else None
     interpolation = Interpolation(run, start)
+    if cfg.choose_on is not None and cfg.choose_on not in {s.name for s in sets}:
+        raise ToolkitError(f"--choose-on {cfg.choose_on}: no such evaluation set (sets: "
+                           f"{', '.join(s.name for s in sets)})")
     records = sweep(run, interpolation, sets, options, cfg, say)
-    chosen = choose_alpha(records, cfg.metric, cfg.tie) if choose else None
+    chosen = choose_alpha(records, cfg.metric, cfg.tie, cfg.choose_on) if choose else None
 
     out.mkdir(parents=True, exist_ok=True)
     if (out / CONFIG).exists():  # an earlier --choose here: no longer a run until the new one is written
@@ -289,14 +324,18 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
               start_label=start_label)
     say(table(records, cfg.metric, chosen))
     if chosen is not None:
-        id_set = next(s for s in sets if s.role == "id")
-        id_metrics = next(r for r in records if r["alpha"] == chosen and r["role"] == "id")
+        id_set = next(s for s in sets if (s.name == cfg.choose_on if cfg.choose_on else s.role == "id"))
+        id_metrics = next(r for r in records if r["alpha"] == chosen and r["set"] == id_set.name
+                          and r["mode"] == "weights")
         info = {"alpha": chosen, "run": str(Path(run_dir).resolve()), "start": interpolation.start_name,
-                "chosen_on": id_set.path, "metric": cfg.metric, "tie": cfg.tie,
-                "rule": "best in-distribution held-out metric; ties (within `tie`) to the smallest α"}
+                "chosen_on": id_set.path, "chosen_on_set": id_set.name, "chosen_on_role": id_set.role,
+                "metric": cfg.metric, "tie": cfg.tie,
+                "rule": f"best {cfg.metric} on {id_set.name} ({id_set.role}); ties (within `tie`) to the smallest α"}
+        if cfg.ensemble:
+            info["ensemble_alpha"] = choose_alpha(records, cfg.metric, cfg.tie, cfg.choose_on, mode="outputs")
         save_chosen(run, interpolation, chosen, out, info, {k: v for k, v in id_metrics.items()
-                                                            if k not in ("alpha", "set", "role", "data")})
-        say(f"chosen α = {chosen:g} ({cfg.metric} on {id_set.name}: {format_metrics(id_metrics)}); "
+                                                            if k not in ("alpha", "mode", "set", "role", "data")})
+        say(f"chosen α = {chosen:g} ({cfg.metric} on {id_set.name}, {id_set.role}: {format_metrics(id_metrics)}); "
             f"saved as a run in {out}")
     return WiseResult(records, chosen, out)
 
