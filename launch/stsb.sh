@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 data=${STSB:-../shared/data/stsb}
 run=${1:-runs/stsb-seqbn}
 tk=${VENV:-.venv}/bin/toolkit
-small=() alphas=0:1:0.25
+small=() alphas=0:1:0.05
 if [ "${SMOKE:-0}" = 1 ]; then
     mkdir -p "$run-data"
     for split in train:64 dev:200 test:200; do head -n "${split#*:}" "$data/sts-${split%:*}.csv" > "$run-data/sts-${split%:*}.csv"; done
