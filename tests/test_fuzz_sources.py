@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from source_fuzz import EXTENSIONS, case, outcome, seeds
 from toolkit.errors import BadInputError
-from toolkit.sources import SourceOptions, read_pairs
+from toolkit.sources import PairSource, SourceOptions, read_pairs
 
 BUDGET = settings(max_examples=300, deadline=None, database=None, derandomize=False,
                   suppress_health_check=[HealthCheck.too_slow])
@@ -41,6 +41,58 @@ def test_arbitrary_bytes_parse_or_fail_in_one_clean_line(data, ext):
 def test_mutated_seeds_and_generated_tables_parse_or_fail_in_one_clean_line(rng):
     with tempfile.TemporaryDirectory() as folder:
         outcome(case(rng, Path(folder)))
+
+
+def _parts_read_alone_equal_the_whole_read(path: Path, chunk_size: int) -> None:
+    """What a Ray read task does (one part of a file, from its offset) gives that part's rows, lines and
+    ids exactly as one read of the whole file does."""
+    options = SourceOptions(need_score=False, policy="skip", chunk_size=chunk_size)
+    try:
+        source = PairSource(path, options)
+        whole = list(source.chunks(keep_empty=True))
+    except BadInputError:
+        return
+    if not source.reader.splittable:
+        return
+    assert len(source.plan) == len(whole)
+    for part, chunk in zip(source.plan, whole):
+        alone = PairSource(path, options).read_part(part)
+        assert (alone.ids, alone.s1, alone.s2, alone.locs) == (chunk.ids, chunk.s1, chunk.s2, chunk.locs), part
+
+
+@BUDGET
+@given(data=st.binary(max_size=3000), ext=st.sampled_from([".csv", ".tsv", ".jsonl"]),
+       chunk_size=st.integers(1, 5))
+def test_arbitrary_bytes_read_part_by_part_equal_the_whole_read(data, ext, chunk_size):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"input{ext}"
+        path.write_bytes(data)
+        _parts_read_alone_equal_the_whole_read(path, chunk_size)
+
+
+@BUDGET
+@given(rng=st.randoms(use_true_random=False), chunk_size=st.integers(1, 5))
+def test_mutated_seeds_and_generated_tables_read_part_by_part_equal_the_whole_read(rng, chunk_size):
+    with tempfile.TemporaryDirectory() as folder:
+        _parts_read_alone_equal_the_whole_read(case(rng, Path(folder)), chunk_size)
+
+
+EDGES = {  # a BOM, CRLF and bare CR line ends, blank lines, quoted newlines, bad rows, invalid UTF-8
+    ".csv": b'\xef\xbb\xbfsentence1,sentence2\r\n"a\nb",c\r\n\r\nd,e\rf,"g\r\nh"\nbad\n\xe9,x\ni,j\n"k""l",m\n',
+    ".tsv": b'\xef\xbb\xbfsentence1\tsentence2\na\tb\n\n"c\nd"\te\n\tempty\nf\tg\r\nh\ti\n',
+    ".jsonl": b'\xef\xbb\xbf{"sentence1": "a", "sentence2": "b"}\n\n{bad\n{"sentence1": "\xc3\xa9", "sentence2": "d"}\r\n'
+              b'[1]\n{"sentence1": "e", "sentence2": "f"}\n{"sentence1": "g", "sentence2": "h"}',
+}
+
+
+@pytest.mark.parametrize("ext", sorted(EDGES))
+@pytest.mark.parametrize("bom", [True, False])
+def test_edge_files_read_part_by_part_equal_the_whole_read(tmp_path, ext, bom):
+    path = tmp_path / f"edges{ext}"
+    path.write_bytes(EDGES[ext] if bom else EDGES[ext][3:])
+    for chunk_size in (1, 2, 3, 4):
+        _parts_read_alone_equal_the_whole_read(path, chunk_size)
+    assert len(PairSource(path, SourceOptions(need_score=False, policy="skip", chunk_size=1)).read_all()) >= 4
 
 
 def test_the_seed_corpus_reads_cleanly():

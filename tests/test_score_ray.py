@@ -25,7 +25,7 @@ NO_RAY = Path(__file__).resolve().parent / "no_ray"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -102,8 +102,8 @@ def test_folder_of_files_and_bad_rows(tmp_path, local_ray, bundle):
         assert report.bad == 1
         _same(local, [dict(r, id=r["id"][len(name) + 1:]) for r in remote if r["id"].startswith(f"{name}:")])
 
-    # read tasks run in parallel: the first bad row found, in either file, stops the job
-    with pytest.raises(ToolkitError, match=rf"^({folder / 'a.csv'}:9: .*empty|{folder / 'b.jsonl'}:31: invalid JSON)"):
+    # the driver reads the input before the cluster scores it: the first bad row in file order stops the job
+    with pytest.raises(ToolkitError, match=rf"^{folder / 'a.csv'}:9: .*empty"):
         score_ray(str(bundle), str(folder), str(tmp_path / "ray2"), SourceOptions(), cfg, RayConfig())
     assert not (tmp_path / "ray2").exists()
 
@@ -120,6 +120,10 @@ def test_refusals(tmp_path, local_ray, bundle, small_stsb):
     with pytest.raises(ToolkitError, match="no column 'text'"):
         score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x"),
                   SourceOptions(columns=Columns(s1_col="text")), cfg, RayConfig())
+    for address in ("http://head:8265", "head", "ray://head", "a b:1"):
+        with pytest.raises(ToolkitError, match=r"^--address .*: expected auto, HOST:PORT or ray://HOST:PORT$"):
+            score_ray(str(bundle), str(small_stsb["dev"]), str(tmp_path / "x"), SourceOptions(), cfg,
+                      RayConfig(address=address))
     with pytest.raises(ToolkitError, match="no pair files"):
         (tmp_path / "empty").mkdir()
         score_ray(str(bundle), str(tmp_path / "empty"), str(tmp_path / "x"), SourceOptions(), cfg, RayConfig())

@@ -225,6 +225,8 @@ def _report_score(model: str, summary) -> None:
          f"skipped{resumed}) in {summary.seconds:.1f}s, {summary.rate:.0f} pairs/s")
     if summary.time_split():
         _say(summary.time_split())
+    for kind, counts in summary.spread.items():
+        _say(f"pairs per {kind[:-1]}: " + ", ".join(f"{key[:12]} {n}" for key, n in sorted(counts.items())))
 
 
 def print_config(options: dict[str, Any]) -> None:

@@ -86,7 +86,11 @@ class ScoreSummary:
     timing: dict[str, float] = field(default_factory=dict)
     """seconds per stage: read, tokenise (reader thread, overlapped with inference), waited (main thread
     idle for the reader: the part of reading and tokenising not hidden), pad, run (the engine), write, other
-    (the rest of the main thread: loading the model, the manifest, the cosine, assembling the output)"""
+    (the rest of the main thread: loading the model, the manifest, the cosine, assembling the output);
+    --engine ray: plan (the driver's read of the input), cluster (the rest), tokenise and run (summed over
+    the actors)"""
+    spread: dict[str, dict[str, int]] = field(default_factory=dict)
+    """--engine ray: pairs scored per node and per actor (by Ray id)"""
 
     @property
     def rate(self) -> float:
@@ -97,7 +101,9 @@ class ScoreSummary:
         if not self.timing or self.seconds <= 0:
             return ""
         shares = ", ".join(f"{k} {100 * v / self.seconds:.0f}%" for k, v in self.timing.items())
-        return f"time: {shares} of {self.seconds:.1f}s (read and tokenise overlap inference on a reader thread)"
+        note = " (tokenise, run: summed over actors)" if "plan" in self.timing else \
+            " (read and tokenise overlap inference on a reader thread)"
+        return f"time: {shares} of {self.seconds:.1f}s{note}"
 
 
 # -- the model: a bundle (ONNX Runtime), or a run or merged folder (PyTorch) ---------------------------------

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 from ..errors import BadInputError, show_path
 from .options import SourceOptions
-from .records import RawChunk
+from .records import RawChunk, Split
 
 SNIFF_BYTES = 1 << 16
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -18,10 +18,13 @@ class Reader(ABC):
 
     ``loc_kind`` says whether locations are lines (text formats) or rows (tables); ``layout``
     names a recognised layout whose defaults apply (only "stsb" today); ``names`` are the
-    columns the file has, or None where each record carries its own (JSONL).
+    columns the file has, or None where each record carries its own (JSONL). A ``splittable``
+    reader starts ``raw_chunks`` at any chunk's ``start`` (an earlier read's), so that parts of one
+    file are read by separate tasks.
     """
 
     loc_kind: str = "line"
+    splittable: bool = False
     layout: Optional[str] = None
     description: str = ""
 
@@ -34,7 +37,9 @@ class Reader(ABC):
     def names(self) -> Optional[list[str]]: ...
 
     @abstractmethod
-    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]: ...
+    def raw_chunks(self, needed: list[str], chunk_size: int, start: Optional[Split] = None) -> Iterator[RawChunk]:
+        """Chunks of ``chunk_size`` records from the start of the file, or from ``start`` (splittable
+        readers only)."""
 
     def where(self, loc: Optional[int] = None) -> str:
         """``FILE:LINE`` for text formats, ``FILE:row N`` for tables, ``FILE`` for the whole file."""

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import BadInputError, escape, show, show_names
-from .base import Reader, sniff_text
+from .base import UTF8_BOM, Reader, sniff_text
 from .options import SourceOptions
-from .records import RawChunk
+from .records import RawChunk, Split
 
 # The STS-B release: genre, filename, year, id, score, sentence1, sentence2, then on some lines
 # source attributions as extra fields; text holds bare double quotes, so quoting must be off.
@@ -39,10 +40,13 @@ class DelimitedReader(Reader):
     """
 
     loc_kind = "line"
+    splittable = True
 
     def __init__(self, path: Path, options: SourceOptions, fmt: str):
         super().__init__(path, options)
         head = sniff_text(path).decode("utf-8", errors="surrogateescape")
+        with open(path, "rb") as f:
+            self._bom = f.read(len(UTF8_BOM)) == UTF8_BOM
         first_line = head.splitlines()[0] if head else ""
         if fmt in ("tsv", "stsb"):
             self.delimiter = "\t"
@@ -66,8 +70,22 @@ class DelimitedReader(Reader):
             sep = "tab" if self.delimiter == "\t" else "comma"
             self.description = f"{sep}-separated with header ({len(self._names)} columns)"
 
-    def _open(self):
-        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    def _open(self, offset: int = 0):
+        f = open(self.path, "rb")
+        f.seek(offset)
+        return io.TextIOWrapper(f, encoding="utf-8-sig" if offset == 0 else "utf-8", errors="surrogateescape",
+                                newline="")
+
+    def _counted(self, f, offset: int) -> Iterator[str]:
+        """The lines of ``f``, keeping ``self.offset`` at the byte after the last one handed out: a text
+        file's tell() is off while csv iterates it. Re-encoding gives each line's bytes exactly
+        (surrogateescape round-trips every byte; newline="" keeps line ends as they are)."""
+        if offset == 0 and self._bom:
+            offset = len(UTF8_BOM)
+        self.offset = offset
+        for line in f:
+            self.offset += len(line.encode("utf-8", "surrogateescape"))
+            yield line
 
     def _reader(self, f):
         return csv.reader(f, delimiter=self.delimiter, quoting=self.quoting,
@@ -94,14 +112,15 @@ class DelimitedReader(Reader):
     def missing_column_error(self, name: str) -> BadInputError:
         return self.fail(f"no column {show(name, 40)} in the header (columns: {show_names(self._names)})", 1)
 
-    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
+    def raw_chunks(self, needed: list[str], chunk_size: int, start: Optional[Split] = None) -> Iterator[RawChunk]:
+        start = start or Split()
         index = [self._names.index(c) for c in needed]
-        chunk = RawChunk.empty(needed)
-        row = 0
-        with self._open() as f:
-            reader = self._reader(f)
-            prev_line = 0
-            header_pending = self.has_header
+        chunk = RawChunk.empty(needed, start)
+        row = start.row
+        with self._open(start.offset) as f:
+            reader = self._reader(self._counted(f, start.offset))
+            base = prev_line = start.line - 1
+            header_pending = self.has_header and start.offset == 0
             while True:
                 try:
                     record = next(reader)
@@ -110,7 +129,7 @@ class DelimitedReader(Reader):
                     break
                 except csv.Error as e:
                     record, error = None, str(e)
-                start, prev_line = prev_line + 1, reader.line_num
+                first, prev_line = prev_line + 1, base + reader.line_num
                 if record is not None and (not record or record == [""]):
                     continue  # a blank line is not a row
                 if header_pending:
@@ -119,12 +138,12 @@ class DelimitedReader(Reader):
                 row += 1
                 problem = self._record_problem(record, error)
                 if problem:
-                    chunk.add_error(start, row, problem)
+                    chunk.add_error(first, row, problem)
                 else:
-                    chunk.add([record[i] for i in index], start, row)
+                    chunk.add([record[i] for i in index], first, row)
                 if chunk.size >= chunk_size:
                     yield chunk
-                    chunk = RawChunk.empty(needed)
+                    chunk = RawChunk.empty(needed, Split(self.offset, prev_line + 1, row))
         if row == 0:
             raise self.fail("header only, no data rows" if self.has_header else "no data rows")
         if chunk.size:

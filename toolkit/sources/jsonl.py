@@ -8,12 +8,13 @@ from typing import Iterator, Optional
 from ..errors import show, show_names
 from .base import UTF8_BOM, Reader, sniff_text
 from .options import SourceOptions
-from .records import RawChunk
+from .records import RawChunk, Split
 
 
 class JsonlReader(Reader):
     loc_kind = "line"
     description = "JSON Lines"
+    splittable = True
 
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
@@ -23,11 +24,14 @@ class JsonlReader(Reader):
     def names(self) -> Optional[list[str]]:
         return None  # each object names its own fields
 
-    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
-        chunk = RawChunk.empty(needed)
-        row = 0
+    def raw_chunks(self, needed: list[str], chunk_size: int, start: Optional[Split] = None) -> Iterator[RawChunk]:
+        start = start or Split()
+        chunk = RawChunk.empty(needed, start)
+        row, offset = start.row, start.offset
         with open(self.path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
+            f.seek(offset)
+            for lineno, line in enumerate(f, start.line):
+                offset += len(line)
                 if lineno == 1 and line.startswith(UTF8_BOM):
                     line = line[len(UTF8_BOM):]
                 if not line.strip():
@@ -40,7 +44,7 @@ class JsonlReader(Reader):
                     chunk.add([obj[c] for c in needed], lineno, row)
                 if chunk.size >= chunk_size:
                     yield chunk
-                    chunk = RawChunk.empty(needed)
+                    chunk = RawChunk.empty(needed, Split(offset, lineno + 1, row))
         if row == 0:
             raise self.fail("no data rows")
         if chunk.size:

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 from ..errors import first_line
 from .base import Reader, require_file
 from .options import SourceOptions
-from .records import RawChunk
+from .records import RawChunk, Split
 
 
 class ParquetReader(Reader):
     loc_kind = "row"
     description = "Parquet"
+    splittable = True
 
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
@@ -31,16 +32,16 @@ class ParquetReader(Reader):
     def names(self) -> Optional[list[str]]:
         return list(self.file.schema_arrow.names)
 
-    def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
+    def raw_chunks(self, needed: list[str], chunk_size: int, start: Optional[Split] = None) -> Iterator[RawChunk]:
         if self.file.metadata.num_rows == 0:
             raise self.fail("no data rows")
-        row = 0
+        row = start.offset if start else 0
         try:
-            for batch in self.file.iter_batches(batch_size=chunk_size, columns=needed):
+            for batch in self._batches(needed, chunk_size, row):
                 n = batch.num_rows
                 chunk = RawChunk(
                     columns={c: column_values(batch.column(c)) for c in needed},
-                    locs=list(range(row + 1, row + n + 1)),
+                    locs=list(range(row + 1, row + n + 1)), start=Split(row, row + 1, row),
                 )
                 chunk.rows = chunk.locs
                 row += n
@@ -48,7 +49,22 @@ class ParquetReader(Reader):
         except (pa.ArrowException, OSError) as e:
             raise self.fail(f"unreadable after row {row} ({first_line(e)})") from None
 
-
+    def _batches(self, needed: list[str], chunk_size: int, first: int) -> Iterator[pa.RecordBatch]:
+        """The file in batches, or (``first`` > 0) the one batch of ``chunk_size`` rows from row
+        ``first``, decoding only the row groups it spans."""
+        if first == 0:
+            yield from self.file.iter_batches(batch_size=chunk_size, columns=needed)
+            return
+        meta, low, groups, skip = self.file.metadata, 0, [], 0
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            if low + n > first and low < first + chunk_size:
+                skip = skip if groups else first - low
+                groups.append(group)
+            low += n
+        if groups:
+            table = self.file.read_row_groups(groups, columns=needed).slice(skip, chunk_size).combine_chunks()
+            yield from table.to_batches()[:1]
 
 
 def column_values(column: pa.Array) -> list:

@@ -7,6 +7,17 @@ from typing import Any, Optional
 import numpy as np
 
 
+@dataclass(frozen=True)
+class Split:
+    """Where a chunk starts, so that a reader can read that chunk alone (one Ray read task each):
+    ``offset`` in bytes (text formats) or records (Parquet), the line number at that offset, and how
+    many records come before it (the base of default ids)."""
+
+    offset: int = 0
+    line: int = 1
+    row: int = 0
+
+
 @dataclass
 class RawChunk:
     """Consecutive records of one file, before any value is checked.
@@ -20,13 +31,14 @@ class RawChunk:
     locs: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     errors: list[tuple[int, int, str]] = field(default_factory=list)
+    start: Split = Split()  # where the chunk starts (readers that can start there: ``Reader.splittable``)
 
     def __len__(self) -> int:
         return len(self.locs)
 
     @classmethod
-    def empty(cls, needed: list[str]) -> "RawChunk":
-        return cls(columns={c: [] for c in needed})
+    def empty(cls, needed: list[str], start: Split = Split()) -> "RawChunk":
+        return cls(columns={c: [] for c in needed}, start=start)
 
     def add(self, values: list[Any], loc: int, row: int) -> None:
         """One record; ``values`` in the order of the chunk's columns."""

@@ -16,7 +16,7 @@ from .jsonl import JsonlReader
 from ..choices import FORMATS, POLICIES
 from .options import Columns, SourceOptions
 from .parquet import ParquetReader
-from .records import PairChunk, RawChunk
+from .records import PairChunk, RawChunk, Split
 from .sqlite import SqliteReader
 from .validate import label_problem, parse_score, text_problem
 
@@ -76,6 +76,15 @@ class SourceReport:
                 f"kept {self.good}; first: {shown}")
 
 
+@dataclass(frozen=True)
+class PartPlan:
+    """One chunk as a whole-file read found it: where it starts, its records (good or bad), its good rows."""
+
+    start: Split
+    records: int
+    good: int
+
+
 class PairSource:
     """Validated pairs from one file, streamed in chunks (read it once).
 
@@ -110,6 +119,7 @@ class PairSource:
                         raise self.reader.missing_column_error(name)
                     raise self.reader.fail(f"no column {show(name, 40)} (columns: {show_names(names)})")
         self.report = SourceReport(str(self.path))
+        self.plan: list[PartPlan] = []  # filled as chunks() reads: what read_part reads again
         self._used = False
 
     @property
@@ -131,10 +141,24 @@ class PairSource:
             remaining = None if limit is None else limit - self.report.good
             chunk = self._validate(raw, remaining)
             self.report.good += len(chunk)
+            self.plan.append(PartPlan(raw.start, raw.size, len(chunk)))
             if len(chunk) or keep_empty:
                 yield chunk
             if limit is not None and self.report.good >= limit:
                 return
+
+    def read_part(self, part: PartPlan) -> PairChunk:
+        """The good rows of one chunk of an earlier whole-file read's plan, read alone (a splittable
+        reader starts at its offset): one Ray read task's share of a file. Bad rows were counted and
+        reported by that earlier read."""
+        if not self.reader.splittable:
+            raise ValueError(f"{self.reader.description} files are read whole")
+        raws = self.reader.raw_chunks(self.needed, part.records, part.start)
+        try:
+            raw = next(raws)
+        finally:
+            raws.close()
+        return self._validate(raw, part.good)
 
     def read_all(self) -> PairChunk:
         chunks = list(self.chunks())
