@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_pairs(stsb: Path, path: Path, n: int) -> Path:
-    """STS-B test pairs cycled to ``n`` rows (a number appended past the first round: no two rows equal)."""
+    """STS-B test pairs cycled to ``n`` rows; past the first round a number is appended to both sentences,
+    so no sentence repeats within a part (a bi-encoder part embeds each distinct sentence once)."""
     with open(stsb / "sts-test.csv", encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -42,7 +43,8 @@ def make_pairs(stsb: Path, path: Path, n: int) -> Path:
         w.writerow(["sentence1", "sentence2"])
         for i in range(n):
             r = rows[i % len(rows)]
-            w.writerow([r[5], r[6] if i < len(rows) else f"{r[6]} ({i // len(rows)})"])
+            tag = f" ({i // len(rows)})" if i >= len(rows) else ""
+            w.writerow([r[5] + tag, r[6] + tag])
     return path
 
 
