@@ -80,8 +80,9 @@ def test_mutated_seeds_and_generated_tables_read_part_by_part_equal_the_whole_re
 EDGES = {  # a BOM, CRLF and bare CR line ends, blank lines, quoted newlines, bad rows, invalid UTF-8
     ".csv": b'\xef\xbb\xbfsentence1,sentence2\r\n"a\nb",c\r\n\r\nd,e\rf,"g\r\nh"\nbad\n\xe9,x\ni,j\n"k""l",m\n',
     ".tsv": b'\xef\xbb\xbfsentence1\tsentence2\na\tb\n\n"c\nd"\te\n\tempty\nf\tg\r\nh\ti\n',
-    ".jsonl": b'\xef\xbb\xbf{"sentence1": "a", "sentence2": "b"}\n\n{bad\n{"sentence1": "\xc3\xa9", "sentence2": "d"}\r\n'
-              b'[1]\n{"sentence1": "e", "sentence2": "f"}\n{"sentence1": "g", "sentence2": "h"}',
+    ".jsonl": b'\xef\xbb\xbf{"sentence1": "a", "sentence2": "b"}\n\n{bad\n'
+              b'{"sentence1": "\xc3\xa9", "sentence2": "d"}\r\n[1]\n{"sentence1": "e", "sentence2": "f"}\n'
+              b'{"sentence1": "g", "sentence2": "h"}',
 }
 
 
