@@ -111,11 +111,25 @@ class LocalCluster:
             except psutil.NoSuchProcess:
                 pass
 
+    def processes(self, node: subprocess.Popen, needle: str) -> list[psutil.Process]:
+        """The node's running processes whose command line holds ``needle`` (exited and zombie ones skipped)."""
+        found = []
+        for child in psutil.Process(node.pid).children(recursive=True):
+            try:
+                if needle in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:
+                pass
+        return found
+
     def raylet(self, node: subprocess.Popen) -> psutil.Process:
         """The raylet that ``ray start`` process runs (the node's own process; killing it is losing the node)."""
-        for child in psutil.Process(node.pid).children(recursive=True):
-            if child.name() == "raylet" or "raylet" in " ".join(child.cmdline()[:1]):
-                return child
+        for child in self.processes(node, "raylet"):
+            try:
+                if child.name() == "raylet":
+                    return child
+            except psutil.Error:
+                pass
         raise RuntimeError(f"no raylet under ray start pid {node.pid}")
 
     def kill_node(self, node: subprocess.Popen) -> None:
@@ -149,4 +163,11 @@ class LocalCluster:
 
     def leftovers(self) -> list[int]:
         """Pids of this cluster's processes still running (none after ``stop``)."""
-        return [p.pid for p in self._seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = []
+        for p in self._seen:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p.pid)
+            except psutil.Error:
+                pass
+        return left

@@ -118,8 +118,7 @@ def test_work_spreads_over_worker_nodes(tmp_path, cluster, bundles):
 
 
 def _kill_an_actor(cluster: LocalCluster) -> None:
-    actors = [p for node in cluster.nodes for p in psutil.Process(node.pid).children(recursive=True)
-              if "ScoreActor" in " ".join(p.cmdline())]
+    actors = [p for node in cluster.nodes for p in cluster.processes(node, "ScoreActor")]
     assert actors, "no scoring actor process found"
     actors[0].kill()
 
