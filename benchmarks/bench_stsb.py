@@ -31,7 +31,7 @@ from toolkit import __version__  # noqa: E402
 from toolkit.batching import PairTokenizer  # noqa: E402
 from toolkit.labels import LabelScale  # noqa: E402
 from toolkit.loading import load_tokenizer, resolve_model  # noqa: E402
-from toolkit.metrics import evaluate_predictions  # noqa: E402
+from toolkit.metrics import evaluate_predictions, mean_std  # noqa: E402
 from toolkit.model import ModelConfig, PairRegressor  # noqa: E402
 from toolkit.predict import Predictor  # noqa: E402
 from toolkit.run import load_run  # noqa: E402
@@ -46,6 +46,7 @@ CONFIGS = {
     "bi-lora": ({"arch": "bi", "adapter": "lora"}, {"lr": 1e-3}),
     "bi-none": ({"arch": "bi", "adapter": "none"}, {"lr": 2e-5}),
     "cross-seq_bn": ({"arch": "cross", "adapter": "seq_bn"}, {"lr": 1e-3}),
+    "cross-seq_bn-lp": ({"arch": "cross", "adapter": "seq_bn"}, {"lr": 1e-3, "head_init": "lp"}),
     "cross-lora": ({"arch": "cross", "adapter": "lora"}, {"lr": 2e-3, "epochs": 8}),
     "cross-none": ({"arch": "cross", "adapter": "none"}, {"lr": 5e-5}),
 }
@@ -79,8 +80,7 @@ def run_one(name: str, seed: int, stsb: dict, out: Path) -> dict:
 def aggregate(runs: list[dict]) -> dict:
     """One table row from a configuration's runs: mean and (sample) std over seeds."""
     def stats(key: str) -> tuple[float, float]:
-        values = [r[key] for r in runs]
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        return mean_std([r[key] for r in runs])
 
     first = runs[0]
     return {"name": first["name"], "seeds": [r.get("seed") for r in runs], "params": first["params"],

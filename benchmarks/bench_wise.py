@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -65,8 +66,17 @@ def run_one(endpoint: str, held: str, splits: Path, out: Path) -> dict:
     return {"endpoint": endpoint, "held": held, "records": records, "train_s": trained, "sweep_s": time.time() - t}
 
 
-def _get(records: list[dict], alpha: float, name: str, mode: str = "weights") -> float:
+def _get(records: list[dict], alpha: float, name: str, mode: str = "weights") -> Optional[float]:
+    """Spearman at α on a set; None where undefined (a probe that predicts one constant)."""
     return next(r["spearman"] for r in records if r["alpha"] == alpha and r["set"] == name and r["mode"] == mode)
+
+
+def _minus(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or b is None else a - b
+
+
+def _pct(value: Optional[float], sign: str = "") -> str:
+    return "n/a" if value is None else f"{100 * value:{sign}.2f}"
 
 
 def judged(r: dict) -> list[dict]:
@@ -77,9 +87,9 @@ def judged(r: dict) -> list[dict]:
     for label, on, mode in RULES:
         a = choose_alpha(rec, on=on, mode=mode)
         id_test, ood = _get(rec, a, "id-test", mode), _get(rec, a, "ood-test", mode)
-        margin = ood - max(ends[0.0][1], ends[1.0][1])
+        better = max((e[1] for e in ends.values() if e[1] is not None), default=None)
         rows.append({"rule": label, "alpha": a, "id_test": id_test, "ood_test": ood, "ends": ends,
-                     "ood_margin": margin, "id_delta": id_test - ends[1.0][0]})
+                     "ood_margin": _minus(ood, better), "id_delta": _minus(id_test, ends[1.0][0])})
     return rows
 
 
@@ -89,10 +99,9 @@ def report(results: list[dict]) -> str:
     for r in results:
         for j in judged(r):
             (i0, o0), (i1, o1) = j["ends"][0.0], j["ends"][1.0]
-            lines.append(f"| {r['endpoint']} | {r['held']} | {j['rule']} | {j['alpha']:g} | {100 * j['id_test']:.2f} | "
-                         f"{100 * j['ood_test']:.2f} | {100 * i0:.2f} / {100 * o0:.2f} | "
-                         f"{100 * i1:.2f} / {100 * o1:.2f} | "
-                         f"{100 * j['ood_margin']:+.2f} | {100 * j['id_delta']:+.2f} |")
+            lines.append(f"| {r['endpoint']} | {r['held']} | {j['rule']} | {j['alpha']:g} | {_pct(j['id_test'])} | "
+                         f"{_pct(j['ood_test'])} | {_pct(i0)} / {_pct(o0)} | {_pct(i1)} / {_pct(o1)} | "
+                         f"{_pct(j['ood_margin'], '+')} | {_pct(j['id_delta'], '+')} |")
     lines += ["", "Target (bi): chosen α beats both endpoints on OOD by ≥ 0.5 with ≤ 0.5 ID loss, in ≥ 2 of 3 genres."]
     for r in results:
         lines += ["", f"#### {r['endpoint']}, held-out {r['held']}: Spearman ×100 along α (weights | outputs)", "",
@@ -101,7 +110,7 @@ def report(results: list[dict]) -> str:
         for a in dict.fromkeys(x["alpha"] for x in r["records"]):
             cells = [_get(r["records"], a, s) for s in ("id-dev", "id-test", "ood-dev", "ood-test")]
             cells += [_get(r["records"], a, s, "outputs") for s in ("id-test", "ood-test")]
-            lines.append(f"| {a:g} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |")
+            lines.append(f"| {a:g} | " + " | ".join(_pct(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,10 +8,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_stsb_slice
 from safetensors import safe_open
 
 from toolkit.errors import ToolkitError
@@ -20,25 +22,37 @@ from toolkit.model import ModelConfig, mean_pool
 from toolkit.run import load_run
 from toolkit.sources import SourceOptions, read_pairs
 from toolkit.train import DataConfig, TrainConfig, train
-from toolkit.wise import Interpolation, check_compatible, choose_alpha, parse_alphas
+from toolkit.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, parse_alphas, wise
 
 MAX_LEN = 48
 
 
-def _train(out: Path, small_stsb, arch: str, adapter: str, **kw) -> Path:
-    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=64))
+CROSS_TRAIN_ROWS = 1000  # fewer, and fine-tuning from the linear probe never beats it on dev: θ1 would be θ0
+
+
+def _train(out: Path, train_file: Path, small_stsb, arch: str, adapter: str, limit: Optional[int] = 64, **kw) -> Path:
+    data = DataConfig(str(train_file), str(small_stsb["dev"]), SourceOptions(limit=limit))
     train(out, data, ModelConfig(arch=arch, adapter=adapter, max_length=MAX_LEN),
           TrainConfig(**{"epochs": 1, "batch_size": 8, "lr": 2e-3, "metric": "mse", "patience": None, **kw}))
     return out
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, small_stsb) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("wise_runs")
-    return {"bi-seq_bn": _train(root / "bi-seq_bn", small_stsb, "bi", "seq_bn"),
-            "cross-lora": _train(root / "cross-lora", small_stsb, "cross", "lora", head_init="lp", lr=5e-4),
-            "bi-none": _train(root / "bi-none", small_stsb, "bi", "none", lr=5e-5),
-            "bi-ia3": _train(root / "bi-ia3", small_stsb, "bi", "ia3")}
+def cross_train(tmp_path_factory) -> Path:
+    return write_stsb_slice(tmp_path_factory.mktemp("wise_cross") / "train.csv", "train", CROSS_TRAIN_ROWS)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_stsb, cross_train) -> dict[str, Path]:
+    root, tr = tmp_path_factory.mktemp("wise_runs"), small_stsb["train"]
+    made = {"bi-seq_bn": _train(root / "bi-seq_bn", tr, small_stsb, "bi", "seq_bn"),
+            "cross-lora": _train(root / "cross-lora", cross_train, small_stsb, "cross", "lora", limit=None,
+                                 head_init="lp", lr=5e-4, epochs=2),
+            "bi-none": _train(root / "bi-none", tr, small_stsb, "bi", "none", lr=5e-5),
+            "bi-ia3": _train(root / "bi-ia3", tr, small_stsb, "bi", "ia3")}
+    for name, folder in made.items():  # a run that kept its start would make every test below vacuous
+        assert not Interpolation(load_run(folder, fused_kernel="off")).same_ends(), name
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +101,7 @@ def test_bi_alpha0_is_zero_shot_and_alpha1_the_run(runs, dev, name):
 
 
 @torch.inference_mode()
-def test_cross_alpha0_is_the_ridge_linear_probe(runs, small_stsb, dev):
+def test_cross_alpha0_is_the_ridge_linear_probe(runs, cross_train, dev):
     """α = 0: the frozen pre-trained model's pooler features through a ridge fit done here with numpy."""
     from transformers import AutoModel
 
@@ -102,7 +116,7 @@ def test_cross_alpha0_is_the_ridge_linear_probe(runs, small_stsb, dev):
                   return_tensors="pt")
         return bert(**enc).pooler_output.double().numpy()
 
-    train_pairs, _ = read_pairs(small_stsb["train"], SourceOptions(limit=64))
+    train_pairs, _ = read_pairs(cross_train)
     run = load_run(run_dir, fused_kernel="off")
     x, y = features(train_pairs), run.labels.normalize(train_pairs.scores)
     xc = x - x.mean(0)
@@ -161,7 +175,7 @@ def test_refuses_runs_without_a_start(tmp_path, runs, small_stsb):
     shutil.rmtree(copy / "init")
     with pytest.raises(ToolkitError, match="no init/params.safetensors"):
         Interpolation(load_run(copy, fused_kernel="off"))
-    random_head = _train(tmp_path / "cross-random", small_stsb, "cross", "seq_bn", epochs=1)
+    random_head = _train(tmp_path / "cross-random", small_stsb["train"], small_stsb, "cross", "seq_bn", epochs=1)
     with pytest.raises(ToolkitError, match="--head-init lp"):
         Interpolation(load_run(random_head, fused_kernel="off"))
 
@@ -203,7 +217,7 @@ def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
     assert (out / "wise.png").stat().st_size > 10_000
     alpha = json.loads((out / "config.json").read_text())["wise"]["alpha"]
     assert alpha == choose_alpha(records)
-    assert "<- chosen" in r.stdout
+    assert "<- chosen" in r.stdout and "every α gives the same model" not in r.stdout
 
     source = load_run(runs["cross-lora"], fused_kernel="off")
     Interpolation(source).set(alpha)
@@ -223,6 +237,14 @@ def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
     assert "--choose-on elsewhere: no such evaluation set" in r.stderr
     r = _cli("wise", str(runs["bi-seq_bn"]), "--start", str(runs["bi-ia3"]), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different adapter" in r.stderr
+
+
+def test_a_path_of_one_point_is_said(tmp_path, runs, small_stsb):
+    """θ0 = θ1 (here: a run interpolated from itself; in practice a run whose best epoch is 0)."""
+    said: list[str] = []
+    wise(runs["bi-seq_bn"], tmp_path / "same", [EvalSet("dev", str(small_stsb["dev"]), "id")], SourceOptions(limit=16),
+         WiseConfig(alphas=[0.0, 1.0], ensemble=False, progress=False), start_dir=runs["bi-seq_bn"], say=said.append)
+    assert "every α gives the same model" in said[0]
 
 
 def test_genre_shift_splits(tmp_path, stsb_dir):
@@ -251,22 +273,39 @@ def test_genre_shift_splits(tmp_path, stsb_dir):
     assert sum(counts.values()) == 5749
 
 
-def test_ridge_grid_extends_past_its_edge_and_flags_what_stays_there():
-    """A penalty chosen at the end of the grid is not trusted: the grid grows by decades (each fit
-    checked against numpy's solve); a target the features cannot explain stays at the edge, flagged."""
-    from toolkit.probe import RIDGE_PENALTIES, fit_ridge
+def _one_se_reference(x, y, x_dev, y_dev, grid):
+    """Each penalty solved with numpy, then glmnet's one-standard-error rule: (penalty, w)."""
+    xc, rows = x - x.mean(0), []
+    for p in grid:
+        w = np.linalg.solve(xc.T @ xc + p * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
+        err = (x_dev @ w + y.mean() - x.mean(0) @ w - y_dev) ** 2
+        rows.append((p, err.mean(), err.std(ddof=1) / np.sqrt(len(err)), w))
+    lowest = min(rows, key=lambda r: r[1])
+    chosen = max((r for r in rows if r[1] <= lowest[1] + lowest[2]), key=lambda r: r[0])
+    return chosen[0], chosen[3], lowest[0]
+
+
+def test_ridge_takes_the_largest_penalty_within_one_se_and_extends_past_its_edge():
+    """The penalty is the largest within one standard error of the best dev MSE (against numpy's solve
+    per penalty), larger than the best's; a choice at the end of the grid is not trusted: the grid
+    grows by decades; a target the features cannot explain stays at the edge, flagged."""
+    from toolkit.probe import EXTEND_DECADES, RIDGE_PENALTIES, fit_ridge
 
     rng = np.random.default_rng(0)
-    x, x_dev = rng.normal(size=(60, 40)), rng.normal(size=(60, 40))
-    w_true = rng.normal(size=40) * 0.02  # a weak signal under heavy noise: the best penalty is ~3e3 ...
-    y, y_dev = x @ w_true + rng.normal(size=60), x_dev @ w_true + rng.normal(size=60)
-    assert fit_ridge(x, y, x_dev, y_dev)[2].penalty < max(RIDGE_PENALTIES)
+    x, x_dev = rng.normal(size=(400, 40)), rng.normal(size=(400, 40))
+    w_true = rng.normal(size=40) * 0.1  # a weak signal under noise: the best penalty is inside the grid
+    y, y_dev = x @ w_true + rng.normal(size=400), x_dev @ w_true + rng.normal(size=400)
+    w, b, result = fit_ridge(x, y, x_dev, y_dev)
+    penalty, want, lowest = _one_se_reference(x, y, x_dev, y_dev, RIDGE_PENALTIES)
+    assert min(RIDGE_PENALTIES) < lowest < penalty == result.penalty < max(RIDGE_PENALTIES) and not result.at_edge
+    np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-9)
     x, x_dev = 100 * x, 100 * x_dev  # ... and 1e4 times that on features 100 times larger: beyond the grid
     w, b, result = fit_ridge(x, y, x_dev, y_dev)
-    assert result.penalty > max(RIDGE_PENALTIES) and not result.at_edge
-    xc = x - x.mean(0)
-    want = np.linalg.solve(xc.T @ xc + result.penalty * np.eye(40), xc.T @ (y - y.mean()))
+    grown = [*RIDGE_PENALTIES, *(max(RIDGE_PENALTIES) * 10 ** k for k in range(1, EXTEND_DECADES + 1))]
+    penalty, want, _ = _one_se_reference(x, y, x_dev, y_dev, grown)
+    assert result.penalty == penalty > max(RIDGE_PENALTIES) and not result.at_edge
     np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-9)
+    x, x_dev = x[:60] / 100, x_dev[:60] / 100
     noise = rng.normal(size=60)  # nothing to explain: the largest penalty always wins
     _, _, flat = fit_ridge(x, noise, x_dev, rng.normal(size=60), extend=2)
     assert flat.at_edge and flat.penalty == max(RIDGE_PENALTIES) * 100
@@ -301,3 +340,4 @@ def test_output_ensemble_mixes_the_two_endpoints_scores(tmp_path, runs, small_st
     shift = {r["alpha"]: r["spearman"] for r in result.records if r["mode"] == "weights" and r["set"] == "shift"}
     assert info["alpha"] == choose_alpha(result.records, on="shift") == max(shift, key=shift.get)
     assert info["ensemble_alpha"] == choose_alpha(result.records, on="shift", mode="outputs")
+

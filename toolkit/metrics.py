@@ -5,12 +5,18 @@ predictions or gold, fewer than two pairs) are None with a warning, never a sile
 """
 from __future__ import annotations
 
+import statistics
 from typing import Optional, Sequence
 
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 1000
 HIGHER_IS_BETTER = {"spearman": True, "pearson": True, "mse": False, "rmse": False, "mae": False}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std of a figure over seeds (std 0 for one seed): how every published figure is summarised."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from .choices import CROSS_LOSSES, LOSSES, RANK_LOSSES, Loss, Pooling
 from .errors import ToolkitError
 from .failpoints import crash_point
 from .io_utils import write_json
-from .metrics import HIGHER_IS_BETTER, evaluate_predictions
+from .metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
 from .model import ModelConfig
 from .train import DataConfig, TrainConfig, objective_model, train
 
@@ -224,6 +223,8 @@ def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg
     say(f"chosen on dev: trial {best.number} ({_describe(setting)}), dev {metric} {_fmt(best.value, metric)}; "
         f"re-running it with seeds {', '.join(map(str, cfg.seeds))}")
     test_pairs = read_pairs(test, data.source, gold=True, purpose="to test on")[0] if test else None
+    if test_pairs is not None and data.source.limit is not None:  # --limit is per file: say it cut the test too
+        say(f"test: its first {len(test_pairs.s1)} good rows only (--limit {data.source.limit} applies to every file)")
     runs = []
     for seed in cfg.seeds:
         folder = out / FINAL / f"seed-{seed}"
@@ -243,16 +244,12 @@ def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg
               for tr in study.get_trials(deepcopy=False)]
     result = {"metric": metric, "chosen": {"trial": best.number, "setting": setting, "dev": best.value},
               "trials": trials, "final": runs, "test": test,
-              "summary": {split: _mean_std([r[split][metric] for r in runs if split in r]) for split in ("dev", "test")
+              "summary": {split: mean_std([r[split][metric] for r in runs if split in r]) for split in ("dev", "test")
                           if any(split in r for r in runs)}}
     write_json(out / RESULT, result)
     for split, (mean, std) in result["summary"].items():
         say(f"{split} {metric} over {len(runs)} seeds: {_fmt(mean, metric)} ± {_fmt(std, metric)}")
     return result
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _fmt(value: float, metric: str) -> str:

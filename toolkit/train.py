@@ -271,8 +271,7 @@ def _check_same_run(out: Path, sections: dict, world: dict) -> None:
     asked = json.loads(json.dumps(sections))
     for name, cls in (("model", ModelConfig), ("train", TrainConfig)):  # a setting added since: its default
         if isinstance(saved.get(name), dict):
-            saved[name] = {**{f.name: f.default for f in dataclasses.fields(cls)
-                              if f.default is not dataclasses.MISSING}, **saved[name]}
+            saved[name] = json.loads(json.dumps(dataclasses.asdict(from_dict(cls, saved[name], str(out / CONFIG)))))
     diffs = differences({k: saved.get(k) for k in asked}, asked)
     diffs += differences({k: saved.get("resolved", {}).get(k) for k in world}, world, "resolved")
     if diffs:

@@ -163,6 +163,11 @@ class Interpolation:
             if b in self.start and self.start[b].abs().max() != 0:
                 raise ToolkitError(f"{run.folder}: LoRA B does not start at zero ({b}); θ0 + α·ΔW has no LoRA form")
 
+    def same_ends(self) -> bool:
+        """θ0 = θ1: the path is one point (fine-tuning never beat its start on dev)."""
+        return all(torch.equal(self.start[n].to(p.dtype), self.end[n]) for n, p in self.params.items()
+                   if n not in self.keep_end)
+
     @torch.no_grad()
     def set(self, alpha: float) -> None:
         for name, p in self.params.items():
@@ -306,6 +311,9 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
         raise ToolkitError("two evaluation sets have the same name: name them NAME=PATH")
     start = load_run(start_dir, fused_kernel="off") if start_dir is not None else None
     interpolation = Interpolation(run, start)
+    if interpolation.same_ends():
+        say(f"warning: {run_dir} holds the weights it is interpolated from (a run whose best epoch is 0 keeps "
+            "its start), so every α gives the same model")
     if cfg.choose_on is not None and cfg.choose_on not in {s.name for s in sets}:
         raise ToolkitError(f"--choose-on {cfg.choose_on}: no such evaluation set (sets: "
                            f"{', '.join(s.name for s in sets)})")
