@@ -274,7 +274,8 @@ def test_genre_shift_splits(tmp_path, stsb_dir):
 
 
 def _one_se_reference(x, y, x_dev, y_dev, grid):
-    """Each penalty solved with numpy, then glmnet's one-standard-error rule: (penalty, w)."""
+    """Each penalty solved with numpy, then glmnet's one-standard-error rule: (the chosen penalty, its
+    weights, the penalty with the lowest dev MSE)."""
     xc, rows = x - x.mean(0), []
     for p in grid:
         w = np.linalg.solve(xc.T @ xc + p * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
