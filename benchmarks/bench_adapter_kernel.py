@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.adapter_bottleneck import FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
+from toolkit.kernels.adapter_bottleneck import FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
 
 
 def bench(fn, cuda: bool) -> float:

@@ -4,9 +4,12 @@ The same generators and oracle as tests/test_fuzz_sources.py (tests/source_fuzz.
 more cases than CI can: arbitrary bytes, mutated seeds from tests/corpus and generated tables, in
 every format. A defect is any outcome other than pairs, a report of problems, or one clean error
 line naming the file (and line or row). Each defect is printed with the seed that replays it:
-``python benchmarks/fuzz_sources.py --replay SEED``.
+``python benchmarks/fuzz_sources.py --replay SEED``. ``--names``: cases whose names are odd instead
+(header fields, JSON keys, columns, nested fields, SQLite tables, data files; datasets folders too),
+held also to reading the one column each needed name finds (``source_fuzz.named_outcome``).
 
     python benchmarks/fuzz_sources.py --cases 10000 --out runs/fuzz
+    python benchmarks/fuzz_sources.py --names --cases 3000 --out runs/fuzz-names
 """
 from __future__ import annotations
 
@@ -29,16 +32,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import source_fuzz  # noqa: E402
 
 
-def run_case(seed: int, folder: Path) -> tuple[str, str, str]:
+def run_case(seed: int, folder: Path, names: bool = False) -> tuple[str, str, str]:
     """(format, outcome or 'defect', defect message)."""
     rng = random.Random(seed)
     case_dir = folder / str(seed)
     case_dir.mkdir()
-    path = source_fuzz.case(rng, case_dir)
+    if names:
+        named = source_fuzz.named_case(rng, case_dir)
+        fmt = "datasets" if named.path.is_dir() else named.path.suffix
+        check = lambda: source_fuzz.named_outcome(named)  # noqa: E731
+    else:
+        path = source_fuzz.case(rng, case_dir)
+        fmt = path.suffix
+        check = lambda: source_fuzz.outcome(path)  # noqa: E731
     try:
-        return path.suffix, source_fuzz.outcome(path), ""
+        return fmt, check(), ""
     except source_fuzz.Defect as e:
-        return path.suffix, "defect", str(e)
+        return fmt, "defect", str(e)
 
 
 def cpu_model() -> str:
@@ -56,19 +66,20 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--replay", type=int, help="run one case and print its outcome")
+    parser.add_argument("--names", action="store_true", help="cases whose names are odd (source_fuzz.named_case)")
     parser.add_argument("--out", help="folder for results.json")
     args = parser.parse_args()
 
     if args.replay is not None:
         with tempfile.TemporaryDirectory() as folder:
-            print(run_case(args.replay, Path(folder)))
+            print(run_case(args.replay, Path(folder), args.names))
         return
     counts: collections.Counter = collections.Counter()
     defects: list[tuple[int, str]] = []
     start = time.time()
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(args.first_seed, args.first_seed + args.cases):
-            fmt, result, message = run_case(seed, Path(folder))
+            fmt, result, message = run_case(seed, Path(folder), args.names)
             counts[(fmt, result)] += 1
             if message:
                 defects.append((seed, message))
@@ -93,7 +104,8 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({
-            "cases": args.cases, "first_seed": args.first_seed, "seconds": seconds, "defects": defects,
+            "cases": args.cases, "first_seed": args.first_seed, "names": args.names, "seconds": seconds,
+            "defects": defects,
             "counts": {f"{f} {r}": n for (f, r), n in sorted(counts.items())}}, indent=2))
 
 

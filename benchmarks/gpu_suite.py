@@ -285,7 +285,7 @@ def part_kernel(s: Suite, p: Part) -> None:
 # --------------------------------------------------------------------------------------------- tune
 def part_tune(s: Suite, p: Part) -> None:
     """Launch shapes (rows and columns per program, warps) over a small grid, each checked first."""
-    from kernels import adapter_bottleneck as ab
+    from toolkit.kernels import adapter_bottleneck as ab
 
     if s.copy_gbs is None:
         s.copy_gbs = bak.copy_bandwidth(s.device, s.cuda)
@@ -351,7 +351,7 @@ def _read(path: Path):
 def _step_loop(s: Suite, fused: str, batch: int, steps: int, warmup: int, max_length: int, train) -> dict:
     """The default recipe's model (bi-encoder, seq_bn) trained ``steps`` optimiser steps on STS-B
     batches in a fixed order: what the fused kernel changes is the time, not the loss."""
-    from kernels.adapter_module import FusedBottleneckAdapter
+    from toolkit.kernels.adapter_module import FusedBottleneckAdapter
     from toolkit.batching import PairTokenizer
     from toolkit.loading import load_tokenizer
     from toolkit.model import ModelConfig, PairRegressor

@@ -12,7 +12,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Without a GPU the Triton kernels run in Triton's interpreter; it is chosen when a kernel is
-# defined, so it must be set before anything imports kernels/.
+# defined, so it must be set before anything imports toolkit.kernels (the kernels/ folder).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -102,3 +102,44 @@ def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
                 log=lambda line: None)
     return {"run": root / "run", "bundle": root / "bundle"}
+
+
+# Selection rules recomputed from what a run records, for tests that check the recorded choice: written
+# out here rather than taken from toolkit (train.py, wise.choose_alpha), so that a slip there shows.
+HIGHER_BETTER = {"spearman": True, "pearson": True, "mse": False, "rmse": False, "mae": False}
+
+
+def best_epoch_by_history(metrics: dict) -> int:
+    """The epoch whose dev metric in metrics.json's history is best. Epoch 0 (before training) is the
+    first best and a later epoch replaces it only when strictly better, so ties go to the earliest."""
+    metric = metrics["metric"]
+    sign = 1.0 if HIGHER_BETTER[metric] else -1.0
+    scored = [(h["epoch"], sign * h["dev"][metric]) for h in metrics["history"] if h["dev"].get(metric) is not None]
+    best = max(v for _, v in scored)
+    return next(epoch for epoch, v in scored if v == best)
+
+
+def alpha_by_rule(records: list[dict], on_set: str, metric: str = "spearman", tie: float = 0.001) -> float:
+    """The README's WiSE-FT choice from results.jsonl's records: the best ``metric`` in weight space on
+    the set α is chosen on, and among the α within ``tie`` of it the smallest."""
+    rows = [(r["alpha"], r[metric]) for r in records
+            if r["mode"] == "weights" and r["set"] == on_set and r.get(metric) is not None]
+    sign = 1.0 if HIGHER_BETTER[metric] else -1.0
+    best = max(sign * v for _, v in rows)
+    return min(alpha for alpha, v in rows if sign * v >= best - tie)
+
+
+def assert_recorded_choices(run: Path, wise_dir: Path) -> None:
+    """A one-epoch run and its α = 0, 0.5, 1 sweep chosen with the defaults: the best epoch and the
+    chosen α are the ones their recorded metrics make best by the rules above, and the dev metrics
+    kept are the best epoch's."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]  # before training, then the one epoch
+    best, metric = metrics["best_epoch"], metrics["metric"]
+    assert best == best_epoch_by_history(metrics), metrics["history"]
+    assert metrics["dev"][metric] == pytest.approx(metrics["history"][best]["dev"][metric], abs=1e-9)
+    wise = json.loads((wise_dir / "config.json").read_text())["wise"]
+    records = [json.loads(line) for line in (wise_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["alpha"] for r in records}) == [0.0, 0.5, 1.0]
+    assert (wise["metric"], wise["tie"], wise["chosen_on_role"]) == ("spearman", 0.001, "id")  # the defaults
+    assert wise["alpha"] == alpha_by_rule(records, wise["chosen_on_set"]), records

@@ -1,6 +1,6 @@
 """Started by ``accelerate launch`` from test_distributed.py, once per process: trains through the
 library API, then reports what this process saw of the world, the training pairs each of its
-batches counted, and a digest of its trained weights."""
+batches counted, and a digest of its trained weights (rank 0 also saves the weights)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from toolkit.model import ModelConfig
@@ -28,8 +29,8 @@ def train_one(spec: dict, out: str, train_cfg: dict, tag: str) -> None:
     def observe(batch: BatchSeen) -> None:
         seen.append({"epoch": batch.epoch, "batch": batch.batch, "indices": batch.indices})
 
-    result = train(out, DataConfig(spec["train"], spec["dev"], SourceOptions()), ModelConfig(**spec["model"]),
-                   TrainConfig(**train_cfg), observe=observe)
+    data = DataConfig(train=spec["train"], dev=spec["dev"], source=SourceOptions())
+    result = train(out, data, ModelConfig(**spec["model"]), TrainConfig(**train_cfg), observe=observe)
     assert torch.distributed.is_initialized(), "no process group: this process trained alone"
     digest = hashlib.sha256()
     for name, p in sorted(result.model.named_parameters()):
@@ -37,6 +38,10 @@ def train_one(spec: dict, out: str, train_cfg: dict, tag: str) -> None:
             digest.update(name.encode())
             digest.update(p.detach().float().contiguous().numpy().tobytes())
     rank = torch.distributed.get_rank()
+    if rank == 0:  # the trained values themselves, for comparisons within a tolerance
+        np.savez(Path(spec["reports"], f"weights{tag}.npz"),
+                 **{name: p.detach().float().numpy() for name, p in result.model.named_parameters()
+                    if p.requires_grad})
     report = {"rank": rank, "world_size": torch.distributed.get_world_size(),
               "launcher_world_size": int(os.environ["WORLD_SIZE"]), "digest": digest.hexdigest(),
               "dev_predictions": result.dev_predictions.tolist(), "seen": seen}

@@ -7,26 +7,29 @@ benchmarks/fuzz_sources.py (a long run that counts defects). Every generator dra
 The property: whatever the bytes, reading a file gives pairs (valid ones), a report of problems, or
 one clean error; never an exception of another kind, never a message spanning lines, holding
 control characters or text that cannot be written out, never a message that does not name the file
-(and the line or row, for a row's problem).
+(and the line or row, for a row's problem). For files with odd names (``named_case``), also: never a
+value from another column than the one each needed name finds (``named_outcome``).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
+import os
 import random
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from toolkit import cli
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, show_path
 from toolkit.sources import SourceOptions, read_pairs
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -187,7 +190,7 @@ def clean_line(message: str, path: Path, located: bool = False) -> None:
         raise Defect(f"message cannot be written as UTF-8: {message[:300]!r}") from None
     if len(message) > 1000:
         raise Defect(f"message of {len(message)} characters: {message[:300]!r}")
-    if not message.startswith(str(path)):
+    if not message.startswith(show_path(path)):  # the path as typed, escaped where it would break the line
         raise Defect(f"message does not name the file: {message[:300]!r}")
     if located and not LOCATED.match(message):
         raise Defect(f"a row's problem without its line or row: {message[:300]!r}")
@@ -239,3 +242,252 @@ def outcome(path: Path) -> str:
         if not line.isprintable():
             raise Defect(f"toolkit check printed {line[:300]!r}")
     return "error" if seen == {"error"} else "report" if "report" in seen else "pairs"
+
+
+# -- names: every name a file carries (header fields, JSON keys, columns, nested fields, tables, data files) --
+NEEDED = ("sentence1", "sentence2", "score")
+ODD_NAMES = [b"", b" ", b"sentence1", b"sentence2", b"score", b" sentence1", b"sentence1 ", b"Sentence1", b"SCORE",
+             b"\xef\xbb\xbfsentence1", b"\xef\xbb\xbf", b"\xff", b"sentence1\xff", b"s\xc3ntence1", b"\xed\xa0\x80",
+             b"\xf4\x90\x80\x80", b"\xc0\xae", b"a\nb", b"a\r\nb", b"\r", b"\t", b"sentence1\t", b",", b'"', b'""',
+             b"'", b"[x]", b"]", b"`x`", b"\x00", b"sc\x00ore", b"\x1b[31m", b"\x7f", "\u2028".encode(),
+             "\u2029".encode(), b"\xc2\x85", b"\x0b", b"\x0c", b"\x1c", "\u200b".encode(), "\u202e".encode(),
+             b"x" * 300, b"y" * 5000, "é".encode(), "日本語".encode(), "🙂".encode(), b"\\", b"\\u0073entence1",
+             b"\\ud800", b"\\udcff", b"\\x41", b"\\", b"{", b"}", b":", b".", b"a.b", b"sentence1.x", b"rowid",
+             b"sqlite_x", b"-- x", b"/*", b"1", b"2.5", b"__index_level_0__", b"PAR1", b"SQLite format 3"]
+
+
+def odd_name(rng: random.Random) -> bytes:
+    """A name as the file stores it: one of ODD_NAMES, random bytes, random code points (surrogates
+    included, written as the bytes CESU-8 would give them), or two of those run together."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return rng.randbytes(rng.randint(0, 12))
+    if kind == 1:
+        return "".join(chr(rng.randrange(0x110000)) for _ in range(rng.randint(1, 6))).encode("utf-8", "surrogatepass")
+    if kind == 2:
+        return odd_name(rng) + rng.choice(ODD_NAMES)
+    return rng.choice(ODD_NAMES)
+
+
+@dataclasses.dataclass
+class NamedCase:
+    """A generated file with odd names, and what a reader must make of it.
+
+    ``seen`` is each column's name as the format defines it (None: a name the format cannot hold,
+    so that the file, or every row for JSONL, must be refused); ``rows`` the cells (every one a
+    distinct number as text, so that a kept value tells which column it came from). ``exact``: the
+    format has no layout heuristics, so a file whose needed names are each there once must be read whole.
+    """
+
+    path: Path
+    seen: list[Optional[str]]
+    rows: list[list[str]]
+    exact: bool
+    refused: bool = False  # the format refuses the file whatever its names (several tables, a broken schema)
+
+    def column(self, name: str) -> Optional[int]:
+        """Where the only column that ``name`` finds is; None when it is missing, ambiguous or any name is unusable."""
+        if self.refused or None in self.seen or self.seen.count(name) != 1:
+            return None
+        return self.seen.index(name)
+
+
+def odd_names(rng: random.Random) -> list[bytes]:
+    """The expected columns, one of them (or none) renamed, odd ones inserted, sometimes one repeated."""
+    names = [n.encode() for n in NEEDED]
+    if rng.random() < 0.5:
+        names[rng.randrange(len(names))] = odd_name(rng)
+    for _ in range(rng.randint(0, 3)):
+        names.insert(rng.randint(0, len(names)), odd_name(rng))
+    if rng.random() < 0.2:
+        names.insert(rng.randint(0, len(names)), rng.choice(names))
+    return names
+
+
+def _strict(name: bytes) -> Optional[str]:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def named_case(rng: random.Random, folder: Path) -> NamedCase:
+    """A file in any format (a datasets folder too) whose names are odd and whose values are all good."""
+    names = odd_names(rng)
+    rows = [[f"{r + 1}.{j:03d}" for j in range(len(names))] for r in range(rng.choice([0, 1, 2, 3, 5]))]
+    fmt = rng.choice([".csv", ".tsv", ".jsonl", ".parquet", ".db", ""])
+    path = folder / ((_file_name(rng) if rng.random() < 0.3 else "named") + fmt)
+    writer = {".csv": _named_delimited, ".tsv": _named_delimited, ".jsonl": _named_jsonl,
+              ".parquet": _named_arrow, "": _named_arrow, ".db": _named_sqlite}[fmt]
+    return writer(path, names, rows, rng)
+
+
+def _named_delimited(path: Path, names: list[bytes], rows: list[list[str]], rng: random.Random) -> NamedCase:
+    """A header of arbitrary bytes (quoted where csv quotes), maybe after a BOM. Names are read as
+    decoded with surrogateescape and stripped; a leading BOM is the file's. Not ``exact``: by rule,
+    a tab in a .csv's first line makes it tab-separated, a first line like the STS-B release's is
+    read as one, a bare CR (csv.writer leaves it unquoted) ends the header, and any repeated header
+    name is refused."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="," if path.suffix == ".csv" else "\t", lineterminator=rng.choice(["\n", "\r\n"]))
+    w.writerow([n.decode("utf-8", "surrogateescape") for n in names])
+    w.writerows(rows)
+    data = buf.getvalue().encode("utf-8", "surrogateescape")
+    seen = [n.decode("utf-8", "surrogateescape") for n in names]
+    if rng.random() < 0.2:
+        data = b"\xef\xbb\xbf" + data
+    elif data.startswith(b"\xef\xbb\xbf"):  # the first name's BOM, unquoted, is the file's
+        seen[0] = seen[0][1:]
+    path.write_bytes(data)
+    return NamedCase(path, [None if "\x00" in n else n.strip() for n in seen], rows, exact=False)
+
+
+def _json_key(name: bytes, rng: random.Random) -> tuple[bytes, Optional[str]]:
+    """A key as JSON text (escaped, raw UTF-8 holding any bytes, or the bytes between quotes as they
+    are: bad escapes, control characters, quotes) and the key json reads from it (None: the line is not JSON)."""
+    text = name.decode("utf-8", "surrogateescape")
+    kind = rng.randrange(3)
+    if kind == 0:
+        token = json.dumps(text).encode()  # bytes that are not UTF-8 become "\udcXX" escapes: lone surrogates
+    elif kind == 1:
+        token = json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    else:
+        token = b'"' + name + b'"'
+    try:
+        key = json.loads(token.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        return token, None
+    return token, key if isinstance(key, str) else None
+
+
+def _named_jsonl(path: Path, names: list[bytes], rows: list[list[str]], rng: random.Random) -> NamedCase:
+    """Every line one object with the same keys, written in the same way; repeated keys kept."""
+    keys = [_json_key(n, rng) for n in names]
+    lines = [b"{" + b", ".join(k + b": " + json.dumps(v).encode() for (k, _), v in zip(keys, row)) + b"}"
+             for row in rows]
+    path.write_bytes((b"\xef\xbb\xbf" if rng.random() < 0.2 else b"") + b"\n".join(lines) + b"\n")
+    return NamedCase(path, [key for _, key in keys], rows, exact=True)
+
+
+def _nested(rng: random.Random, n: int) -> tuple[bytes, list[bytes], pa.Array]:
+    """A struct column (name, field names, values) with odd names; its own name is none of the needed ones."""
+    children = [odd_name(rng) for _ in range(rng.randint(1, 2))]
+    name = odd_name(rng)
+    while name.decode("utf-8", "replace") in NEEDED:
+        name = odd_name(rng)
+    fields = [pa.field(child, pa.string()) for child in children]
+    return name, children, pa.StructArray.from_arrays([pa.array(["v"] * n, pa.string()) for _ in fields], fields=fields)
+
+
+def _named_arrow(path: Path, names: list[bytes], rows: list[list[str]], rng: random.Random) -> NamedCase:
+    """Parquet (path ends .parquet) or a datasets save_to_disk folder (Arrow stream files): field
+    names are bytes, as pyarrow writes them unchecked; sometimes a struct column with odd field
+    names, odd schema metadata, and (datasets) a second data file with the columns shuffled; data
+    files with odd names. Parquet's reader decodes every name, nested ones too; the Arrow stream
+    reader the top-level ones (and a struct's only when that column is read)."""
+    arrays = [pa.array([row[j] for row in rows], pa.string()) for j in range(len(names))]
+    fields = [pa.field(n, pa.string()) for n in names]
+    decoded = list(names)
+    if rng.random() < 0.3:
+        name, children, nested = _nested(rng, len(rows))
+        at = rng.randint(0, len(fields))
+        fields.insert(at, pa.field(name, nested.type))
+        arrays.insert(at, nested)
+        decoded += [name] + (children if path.suffix == ".parquet" else [])
+    metadata = {odd_name(rng): odd_name(rng)} if rng.random() < 0.3 else None
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+    refused = any(_strict(n) is None for n in decoded)
+    if path.suffix == ".parquet":
+        with open(path, "wb") as f:
+            pq.write_table(table, f)
+        return NamedCase(path, [_strict(n) for n in names], rows, exact=True, refused=refused)
+    path.mkdir()
+    # state.json may not list a name with a backslash (the reader refuses it as a path); no name twice
+    files = list(dict.fromkeys(_file_name(rng).replace("\\", "_") for _ in range(1 if rng.random() < 0.7 else 2)))
+    for k, name in enumerate(files):
+        part = table.slice(0, 1) if len(files) == 2 and k == 0 else table.slice(1) if len(files) == 2 else table
+        if k == 1:
+            order = list(range(part.num_columns))
+            rng.shuffle(order)
+            part = part.select(order)
+        with open(path / name, "wb") as f, pa.ipc.new_stream(f, part.schema) as w:  # pyarrow wants UTF-8 paths
+            w.write_table(part)
+    state = {"_data_files": [{"filename": name} for name in files], "_split": None}
+    (path / "state.json").write_text(json.dumps(state), encoding="utf-8")
+    return NamedCase(path, [_strict(n) for n in names], rows, exact=True, refused=refused)
+
+
+def _file_name(rng: random.Random) -> str:
+    """A file name that is odd (any bytes, as Linux allows them) but keeps its extension and is no
+    other file of the case."""
+    return "f" + os.fsdecode(odd_name(rng).replace(b"/", b"_").replace(b"\x00", b"_")[:200])
+
+
+def _sqlite_ident(name: bytes, rng: random.Random) -> bytes:
+    """``name`` quoted as SQLite allows: "..." and `...` (doubling the quote), [...] (no escape: a ]
+    inside ends it early), or '...' (a string literal where a name goes, which SQLite takes as the name)."""
+    quote = rng.choice([b'"', b"`", b"[", b"'"])
+    if quote == b"[":
+        return b"[" + name + b"]"
+    return quote + name.replace(quote, quote + quote) + quote
+
+
+def _named_sqlite(path: Path, names: list[bytes], rows: list[list[str]], rng: random.Random) -> NamedCase:
+    """A table whose name and column names are arbitrary bytes: written under plain names, then the
+    schema's SQL rewritten as bytes (PRAGMA writable_schema), since sqlite3 only takes SQL as UTF-8
+    text. What the names are is then asked of SQLite itself (pragma_table_info); a schema it cannot
+    parse (a NUL, a bad quote, a repeated name) leaves a database no reader can open."""
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE t0 ({', '.join(f'c{j}' for j in range(len(names)))})")
+    con.executemany(f"INSERT INTO t0 VALUES ({', '.join('?' * len(names))})", rows)
+    if rng.random() < 0.1:
+        con.execute("CREATE TABLE other (x)")
+    table = b"pairs" if rng.random() < 0.5 else odd_name(rng)
+    sql = b"CREATE TABLE " + _sqlite_ident(table, rng) + b" (" + b", ".join(_sqlite_ident(n, rng) for n in names) + b")"
+    con.commit()
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("UPDATE sqlite_master SET name = CAST(? AS TEXT), tbl_name = CAST(? AS TEXT), sql = CAST(? AS TEXT) "
+                "WHERE name = 't0'", [table, table, sql])
+    con.commit()
+    con.close()
+    con = sqlite3.connect(path)
+    con.text_factory = bytes
+    try:
+        tables = con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+        stored = [r[0] for r in con.execute("SELECT name FROM pragma_table_info(CAST(? AS TEXT))", [table])]
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # sqlite3 decodes SQLite's message, which may quote the bytes
+        tables, stored = [], []
+    finally:
+        con.close()
+    refused = len(tables) != 1 or _strict(table) is None or not stored
+    return NamedCase(path, [_strict(n) for n in stored], rows, exact=True, refused=refused)
+
+
+def named_outcome(case: NamedCase) -> str:
+    """``outcome``'s property, and what names decide: each kept pair holds the values of the one
+    column each needed name finds (never a guess between two, never one from another column); no
+    pair is kept when a name is missing, repeated or unusable; and (``exact`` formats) a file whose
+    names are fine is read whole."""
+    result = outcome(case.path)
+    at = [case.column(name) for name in NEEDED]
+    try:
+        pairs, source = read_pairs(case.path, SourceOptions(policy="skip"))
+    except ToolkitError as e:
+        if case.exact and case.rows and None not in at:
+            raise Defect(f"a file whose names are fine was refused: {str(e)[:300]!r}") from None
+        return result
+    if source.reader.layout == "stsb":
+        return result  # a header that looks like a row of the STS-B release is read as one: its own rule
+    shown = [repr(n)[:40] for n in case.seen]
+    if None in at and len(pairs):
+        raise Defect(f"{len(pairs)} pairs kept though the names {shown} leave a needed column missing or ambiguous")
+    for k, ident in enumerate(pairs.ids):
+        row = case.rows[int(ident) - 1]
+        want = (row[at[0]], row[at[1]], float(row[at[2]]))
+        if (pairs.s1[k], pairs.s2[k], float(pairs.scores[k])) != want:
+            raise Defect(f"row {ident} read as {(pairs.s1[k], pairs.s2[k], pairs.scores[k])}, not {want} "
+                         f"(names {shown})")
+    if case.exact and None not in at and (len(pairs) != len(case.rows) or source.report.bad):
+        raise Defect(f"{len(pairs)} of {len(case.rows)} rows read from a file whose names are fine (names {shown}): "
+                     f"{source.report.problems[:1]}")
+    return result

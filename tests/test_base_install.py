@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from conftest import assert_recorded_choices
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-base"
 OPTIONAL = ("deepspeed", "ray", "triton", "optimum", "hypothesis", "pytest")
@@ -27,8 +29,12 @@ def test_main_job_runs_with_the_base_install_alone(tmp_path):
     found = subprocess.run([str(VENV / "bin" / "python"), "-c", "import importlib.util as u, json; print(json.dumps("
                             f"[m for m in {OPTIONAL!r} if u.find_spec(m)]))"], capture_output=True, text=True)
     assert json.loads(found.stdout) == [], "the base environment holds an optional extra"
-    assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (0, 1)
+    # the kernels folder installs inside the package: a top-level `kernels` is left to other projects
+    where = subprocess.run([str(VENV / "bin" / "python"), "-c", "import importlib.util as u; "
+                            "print(u.find_spec('kernels'), u.find_spec('toolkit.kernels').origin)"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert where.stdout.split() == ["None", str(REPO / "kernels" / "__init__.py")], where.stderr
+    assert_recorded_choices(run, Path(f"{run}-wise"))
     assert json.loads((run / "test_metrics.json").read_text())["n"] == 200  # SMOKE: the first 200 test pairs
     assert json.loads((Path(f"{run}-onnx-int8") / "test_metrics.json").read_text())["n"] == 200
     assert pq.read_metadata(f"{run}-test-scores.parquet").num_rows == 200
-    assert json.loads((Path(f"{run}-wise") / "config.json").read_text())["wise"]["alpha"] in (0.0, 0.5, 1.0)

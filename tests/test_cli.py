@@ -36,7 +36,7 @@ def test_check_lists_every_problem(tmp_path):
     assert "4 rows, 1 good, 3 with problems" in proc.stdout
 
 
-TRAIN_BAD = ["train", "--train", "{tmp}/bad.csv", "--dev", "{tmp}/bad.csv", "--out", "{tmp}/run"]
+TRAIN_BAD = ["train", "--data", "{tmp}/bad.csv", "--out", "{tmp}/run"]
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -211,6 +211,23 @@ def test_check_a_datasets_folder():
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[:3] == [f"{folder}:row 7: empty sentence1", f"{folder}:row 20: null score",
                                             f"{folder}:row 33: score 7 outside the declared range 0..5"]
+
+
+def test_check_a_parquet_file_with_a_column_name_that_is_not_utf8(tmp_path):
+    """The original report: pyarrow decodes column names strictly, and ``toolkit check`` ended with
+    "internal error: UnicodeDecodeError" (exit 70). Now: the bad-input status and one line naming the
+    file and showing the name's bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pairs.parquet"
+    names = [b"sentence1", b"sentence2", b"score", b"caf\xe9 \n"]  # 0xE9: Latin-1's é; pyarrow writes bytes unchecked
+    values = [pa.array(["A fine sentence."]), pa.array(["Another one."]), pa.array([2.5]), pa.array([1])]
+    pq.write_table(pa.Table.from_arrays(values, schema=pa.schema(
+        [pa.field(n, v.type) for n, v in zip(names, values)])), path)
+    proc = toolkit("check", path, check=False)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"{path}: a column or field name is not valid UTF-8: b'caf\\xe9 \\n' (byte 0xe9 at byte 4)\n"
 
 
 def test_a_runs_config_json_is_a_config_file(small_models, small_stsb):

@@ -159,6 +159,68 @@ def test_ddp_trains_every_pair_once_per_epoch_and_follows_the_single_process_los
                 assert x["dev"][key] == pytest.approx(y["dev"][key], abs=1e-4), (accum, x["epoch"], key)
 
 
+@pytest.fixture(scope="module")
+def ragged_pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
+    """49 training pairs: at 16 a global batch, one batch holds a single pair, fewer than the
+    processes, so one rank's slice of it is all filler."""
+    root = tmp_path_factory.mktemp("ragged_pairs")
+    return {"train": write_stsb_slice(root / "train.csv", "train", 49),
+            "dev": write_stsb_slice(root / "dev.csv", "dev", 24)}
+
+
+def test_rank_losses_on_two_processes_rank_the_global_batch_as_one_process_does(tmp_path, ragged_pairs):
+    """CoSENT/AnglE compare every two pairs of a batch: 2 processes x 8 must rank the global batch
+    of 16, as 1 process x 16 does, not each process its own 8. Same loss per step and the same
+    trained weights; AnglE with accumulation (2 batches a step), where one step is 16 + 1 pairs."""
+    model = {"max_length": 48, "dropout": 0.0}
+    common = {"epochs": 2, "lr": 2e-3, "patience": 0, "eval_batch_size": 32, "log_steps": 1}
+    cases = [("cosent", 1), ("angle", 2)]
+    runs = [{"out": str(tmp_path / f"ddp-{loss}"),
+             "train_cfg": {**common, "loss": loss, "grad_accum": accum, "batch_size": 8}} for loss, accum in cases]
+    spec = {"runs": runs, "train": str(ragged_pairs["train"]), "dev": str(ragged_pairs["dev"]),
+            "reports": str(tmp_path), "model": model}
+    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = DataConfig(train=str(ragged_pairs["train"]), dev=str(ragged_pairs["dev"]), source=SourceOptions())
+    for i, (loss, accum) in enumerate(cases):
+        reports = [json.loads((tmp_path / f"rank{r}-{i}.json").read_text()) for r in (0, 1)]
+        assert reports[0]["digest"] == reports[1]["digest"]
+        lone = [b for r in reports for b in r["seen"] if not b["indices"]]
+        assert lone, "no batch left a rank with filler only: the edge this test is for did not occur"
+        single = train(tmp_path / f"single-{loss}", data, ModelConfig(**model),
+                       TrainConfig(**common, loss=loss, grad_accum=accum, batch_size=16))
+        a, b = _steps(tmp_path / f"ddp-{loss}"), _steps(tmp_path / f"single-{loss}")
+        assert len(a) == len(b) == 2 * -(-4 // accum)  # ceil(49 / 16) global batches per epoch, by accum
+        for x, y in zip(a, b):
+            assert (x["step"], x["pairs"]) == (y["step"], y["pairs"])
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (loss, x["step"])
+        ddp_weights = np.load(tmp_path / f"weights-{i}.npz")
+        ours = {n: p.detach().numpy() for n, p in single.model.named_parameters() if p.requires_grad}
+        assert sorted(ddp_weights.files) == sorted(ours)
+        # per tensor, relative to its size: Adam's step divides by sqrt(v), so an element whose gradient
+        # is ~0 amplifies summation-order noise (seen: up to 7e-4 for AnglE, median 4e-6), while each
+        # process ranking only its own slice moves whole tensors (median 0.6, up to 1.5)
+        off = sorted((float(np.linalg.norm(ddp_weights[n] - v) / max(np.linalg.norm(v), 1e-12)), n)
+                     for n, v in ours.items())
+        assert off[len(off) // 2][0] < 1e-4 and off[-1][0] < 1e-2, (loss, off[-3:])
+
+
+def test_rank_loss_gradient_on_two_processes_is_the_one_process_gradient(tmp_path):
+    """The step's gradient itself (Adam hides a constant factor from the test above): under DDP, with
+    the similarities gathered and the loop's scaling, the same as one process's on the whole batch,
+    with accumulation and a micro-batch where one rank holds filler only."""
+    spec = {"reports": str(tmp_path), "losses": ["cosent", "angle"]}
+    proc = launch("cpu_2proc.yaml", Path(__file__).resolve().parent / "rank_grad_worker.py", json.dumps(spec))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"grad{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0].keys() == reports[1].keys() == {"cosent-0", "cosent-1", "angle-0", "angle-1"}
+    for report in reports:
+        for case, grads in report.items():
+            for ddp, alone in zip(grads["ddp"], grads["alone"]):
+                assert np.abs(alone).max() > 1e-6, case  # a gradient worth comparing
+                np.testing.assert_allclose(ddp, alone, rtol=1e-9, atol=1e-12, err_msg=case)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_two_cpu_processes_saves_a_loadable_adapter(tmp_path, pairs, stage):
     out = tmp_path / f"zero{stage}"
@@ -228,6 +290,34 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, small_stsb
 
     again = subprocess.run(toolkit_cmd("train", "--resume", str(run)), env=ENV, capture_output=True, text=True)
     assert again.returncode == 2 and "no checkpoint to resume from (the run finished)" in again.stderr
+
+
+def test_samples_per_second_after_a_mid_epoch_resume_counts_only_the_pairs_trained_since(tmp_path, small_stsb):
+    """Killed after batch 5 of 6 in epoch 1 (checkpoint at batch 4), then resumed: epoch 1's rate
+    is over the pairs this process trained (batches 5 and 6), not the epoch's 48, of which 32 came
+    from the checkpoint; its loss is still the whole epoch's. Counted independently, by observe."""
+    run = tmp_path / "run"
+    args = ["--train", str(small_stsb["train"]), "--dev", str(small_stsb["dev"]), "--limit", "48", "--epochs", "2",
+            "--batch-size", "8", "--max-length", "48", "--patience", "0", "--save-steps", "2", "--out", str(run)]
+    killed = subprocess.run(toolkit_cmd("train", *args), env={**ENV, "TOOLKIT_CRASH_AT": "train.batch:5"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads((run / "checkpoint" / "trainer_state.json").read_text())["batches_done"] == 4
+
+    trained: dict[int, int] = {}
+    data = DataConfig(train=str(small_stsb["train"]), dev=str(small_stsb["dev"]), source=SourceOptions(limit=48))
+    cfg = TrainConfig(epochs=2, batch_size=8, patience=0, save_steps=2)
+    result = train(run, data, ModelConfig(max_length=48), cfg, resume=True,
+                   observe=lambda b: trained.__setitem__(b.epoch, trained.get(b.epoch, 0) + len(b.indices)))
+    assert trained == {1: 16, 2: 48}
+    history = result.summary["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    for entry in history[1:]:
+        assert entry["samples_per_s"] * entry["seconds"] == pytest.approx(trained[entry["epoch"]], rel=1e-9)
+    steps = _steps(run)  # the loss of epoch 1 is over all its pairs, those before the kill included
+    assert sum(s["pairs"] for s in steps if s["epoch"] == 1) == 48
+    epoch1 = sum(s["loss"] * s["pairs"] for s in steps if s["epoch"] == 1) / 48
+    assert history[1]["train_loss"] == pytest.approx(epoch1, rel=1e-9)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:

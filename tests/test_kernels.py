@@ -14,9 +14,10 @@ pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("needs a GPU or TRITON_INTERPRET=1 (set by conftest)", allow_module_level=True)
 
-from kernels.adapter_bottleneck import ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
-from kernels.adapter_module import FusedBottleneckAdapter, fusable, unfuse_adapters  # noqa: E402
-from kernels.selfcheck import TOLERANCE  # noqa: E402
+from toolkit.kernels.adapter_bottleneck import (  # noqa: E402
+    ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference)
+from toolkit.kernels.adapter_module import FusedBottleneckAdapter, fusable, unfuse_adapters  # noqa: E402
+from toolkit.kernels.selfcheck import TOLERANCE  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (dtype: atol, rtol); atol is relative to the largest reference value of the tensor compared. The
@@ -95,7 +96,7 @@ def test_other_activations(poisoned, activation):
 @pytest.mark.parametrize("shape", [(32, 64, 4), (64, 128, 4), (128, 64, 8)], ids=lambda s: "x".join(map(str, s)))
 def test_every_launch_shape_the_tuning_sweep_tries_is_correct(poisoned, shape):
     """The suite's sweep (benchmarks/gpu_suite.py) times these shapes; the defaults came from it."""
-    from kernels.adapter_bottleneck import launch_shape
+    from toolkit.kernels.adapter_bottleneck import launch_shape
 
     with launch_shape(*shape):
         for dtype in (torch.float32, torch.bfloat16):
@@ -203,7 +204,7 @@ def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_s
 @pytest.fixture
 def fresh_verdicts(monkeypatch):
     """Each test starts as a new process would: nothing checked yet."""
-    from kernels import selfcheck
+    from toolkit.kernels import selfcheck
 
     monkeypatch.setattr(selfcheck, "_verdicts", {})
     return selfcheck
@@ -233,7 +234,7 @@ def test_kernel_that_passes_its_self_check_serves(fresh_verdicts):
 def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdicts, monkeypatch, capfd, breakage):
     """A kernel that computes the wrong thing, or does not compile: the check catches it at first use,
     the layers run the library's PyTorch code (same outputs as unfused), one warning line is printed."""
-    import kernels.adapter_bottleneck as ab
+    import toolkit.kernels.adapter_bottleneck as ab
 
     if breakage == "drift":
         real = ab.adapter_forward
@@ -265,7 +266,7 @@ def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdict
 
 
 def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, monkeypatch):
-    import kernels.adapter_bottleneck as ab
+    import toolkit.kernels.adapter_bottleneck as ab
     from toolkit.model import ModelConfig
     from toolkit.sources import SourceOptions
     from toolkit.train import DataConfig, TrainConfig, train

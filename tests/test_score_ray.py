@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import stsb_rows
+from conftest import stsb_rows, write_pairs
 from toolkit.errors import ToolkitError
 from toolkit.score import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
@@ -108,6 +108,32 @@ def test_folder_of_files_and_bad_rows(tmp_path, local_ray, bundle):
     assert not (tmp_path / "ray2").exists()
 
 
+def test_write_publishes_only_the_planned_ids_each_once(tmp_path, local_ray):
+    """A part lost and another of its size written twice in its place (a retried write task, a lost
+    block) keep the row count: not published, no temporary folder left; the planned parts, in any
+    order, are published."""
+    import dataclasses
+
+    import numpy as np
+
+    from toolkit.score import part_table
+    from toolkit.score_ray import RayConfig, _score_log, _write, plan_reads
+    from toolkit.sources import PairSource
+
+    src = write_pairs(tmp_path / "pairs.csv", _rows(30))
+    options = dataclasses.replace(SourceOptions(), need_score=False, chunk_size=10)
+    tasks, summary, planned = plan_reads([src], src, options)
+    parts = [part_table(c, np.zeros(len(c)), ()) for c in PairSource(src, options).chunks()]
+    assert len(tasks) == len(parts) == 3 and [p.num_rows for p in parts] == [10, 10, 10]
+    log, out = _score_log(ray).remote(), tmp_path / "out"
+    with pytest.raises(ToolkitError, match=r"out: wrote as many rows as the good ones read, but not the same ids"):
+        _write(ray, ray.data.from_arrow([parts[0], parts[1], parts[1]]), out, log, summary, 1, RayConfig(), planned)
+    assert [p.name for p in tmp_path.iterdir()] == ["pairs.csv"]
+    _write(ray, ray.data.from_arrow(parts[::-1]), out, log, summary, 1, RayConfig(), planned)
+    assert summary.written == 30
+    assert sorted(r["id"] for r in _ray_out(out)) == sorted(i for p in parts for i in p.column("id").to_pylist())
+
+
 def test_refusals(tmp_path, local_ray, bundle, small_stsb):
     from toolkit.score_ray import RayConfig, score_ray
 
@@ -134,4 +160,4 @@ def test_without_ray_one_line(tmp_path, bundle, small_stsb):
     proc = subprocess.run([sys.executable, "-m", "toolkit.cli", "score", str(bundle), str(small_stsb["dev"]),
                            "-o", str(tmp_path / "out"), "--engine", "ray"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and 'pip install "toolkit[ray]"' in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and 'pip install "sentence-pair-toolkit[ray]"' in proc.stderr

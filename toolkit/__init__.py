@@ -6,6 +6,7 @@ library is imported, and every load passes ``local_files_only`` as well.
 import os
 import sys
 import types
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -40,3 +41,33 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:
+    import importlib.machinery
+
+
+class _SourceKernels:
+    """Finds ``toolkit.kernels`` in a source checkout run without an install (the repo root on
+    PYTHONPATH, as the GPU suite runs on a lent machine): the kernels live in the root's kernels/
+    folder, which an install maps to toolkit.kernels. Last on sys.meta_path, so an install (wheel
+    or editable) always answers first; never used outside a checkout (pyproject.toml beside it)."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: "list[str] | None" = None,
+                  target: "types.ModuleType | None" = None) -> "importlib.machinery.ModuleSpec | None":
+        if fullname != f"{__name__}.kernels":
+            return None
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        folder = os.path.join(root, "kernels")
+        if not (os.path.isfile(os.path.join(root, "pyproject.toml"))
+                and os.path.isfile(os.path.join(folder, "__init__.py"))):
+            return None
+        from importlib.util import spec_from_file_location
+
+        return spec_from_file_location(fullname, os.path.join(folder, "__init__.py"),
+                                       submodule_search_locations=[folder])
+
+
+if not any(isinstance(f, type) and f.__name__ == "_SourceKernels" for f in sys.meta_path):
+    sys.meta_path.append(_SourceKernels)

@@ -29,13 +29,15 @@ def option_classes(command: str) -> tuple[type, ...]:
 
     if command == "train":
         from .model import ModelConfig
-        from .train import DataConfig, TrainConfig
+        from .run_data import DataConfig
+        from .train import TrainConfig
 
         return ModelConfig, TrainConfig, DataConfig
     if command == "search":
         from .model import ModelConfig
+        from .run_data import DataConfig
         from .search import SearchConfig
-        from .train import DataConfig, TrainConfig
+        from .train import TrainConfig
 
         return ModelConfig, TrainConfig, DataConfig, SearchConfig
     if command == "export":
@@ -126,6 +128,36 @@ def _data_path(text: str, split: str) -> str:
     return str(text)
 
 
+def _set_data(data_cfg, data: Optional[str]) -> None:
+    """``--data``: stsb:FOLDER gives its train and dev splits; one file is the training file, whose dev
+    share is then held out (never the same pairs for both)."""
+    if not data:
+        return
+    if data_cfg.train or data_cfg.dev:
+        raise ToolkitError("pass either --data or --train/--dev, not both")
+    if data.startswith("stsb:"):
+        data_cfg.train, data_cfg.dev = _data_path(data, "train"), _data_path(data, "dev")
+    else:
+        data_cfg.train = data
+
+
+def _as_trained(model: str, source, say: Say, gold: bool = True):
+    """``source`` with what the user left out taken from the model's training: its sentence (and score)
+    column names, and for gold files its score range; says what was taken."""
+    from .load import trained_reading
+
+    trained, score_range = trained_reading(model)
+    filled, taken = source.columns.filled(trained)
+    said = [f"{k.removesuffix('_col')}={v}" for k, v in taken.items() if gold or k != "score_col"]
+    if gold and source.score_range is None and score_range is not None:
+        source = dataclasses.replace(source, score_range=score_range)
+        said.append(f"score range {score_range[0]:g}:{score_range[1]:g}")
+    if said:
+        (say or _quiet)(f"reading {', '.join(said)} as the model was trained (--s1-col, --s2-col, --score-col, "
+                        "--score-range to change)")
+    return dataclasses.replace(source, columns=filled)
+
+
 def _quiet(line: str) -> None:
     pass
 
@@ -148,7 +180,8 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
     """Train an adapter and regression head; returns the ``TrainResult`` (summary, dev predictions).
 
     Args:
-        data: stsb:FOLDER (the STS Benchmark release: its train and dev splits); or train=FILE, dev=FILE
+        data: a pair file (a seeded dev share is held out: --dev-fraction), or stsb:FOLDER (the STS Benchmark
+            release: its train and dev splits); or --train FILE [--dev FILE]
         out: run directory to write
         resume: continue this run from its last checkpoint, with the settings it was started with (other options
             are not used)
@@ -163,12 +196,7 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
     if not out:
         raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
     model_cfg, cfg, data_cfg = configs("train", options)
-    if data:
-        if data_cfg.train or data_cfg.dev:
-            raise ToolkitError("pass either --data or --train/--dev, not both")
-        data_cfg.train, data_cfg.dev = _data_path(data, "train"), _data_path(data, "dev")
-    elif not (data_cfg.train and data_cfg.dev):
-        raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
+    _set_data(data_cfg, data)
     return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists)
 
 
@@ -179,7 +207,8 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
     search. Returns what FOLDER/search.json holds.
 
     Args:
-        data: stsb:FOLDER (its train and dev splits; its test split is scored at the end); or train=FILE, dev=FILE
+        data: a pair file (a seeded dev share is held out: --dev-fraction), or stsb:FOLDER (its train and dev
+            splits; its test split is scored at the end); or --train FILE [--dev FILE]
         out: search folder (study, one run per trial, the seeds' runs, search.json, search.png)
         test: pair file scored by the chosen setting's seed runs, after the choice (default with stsb: its test split)
     """
@@ -188,14 +217,10 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
     if not out:
         raise ToolkitError("name the search folder: --out FOLDER")
     model_cfg, cfg, data_cfg, search_cfg = configs("search", options)
-    if data:
-        if data_cfg.train or data_cfg.dev:
-            raise ToolkitError("pass either --data or --train/--dev, not both")
-        data_cfg.train, data_cfg.dev = _data_path(data, "train"), _data_path(data, "dev")
-        if test is None and data.startswith("stsb:"):
-            test = _data_path(data, "test")
-    elif not (data_cfg.train and data_cfg.dev):
-        raise ToolkitError("name the data: --data stsb:FOLDER, or --train FILE and --dev FILE")
+    _set_data(data_cfg, data)
+    if test is None and data and data.startswith("stsb:"):
+        test = _data_path(data, "test")
+    data_cfg.validate()
     return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet)
 
 
@@ -254,6 +279,7 @@ def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str
 
     (source,) = configs("evaluate", options)
     opened = _open(model, provider, trust_remote_code, say)
+    source = _as_trained(model, source, say)
     metrics, warnings, skipped = evaluate_file(opened, _data_path(data, "test"), source, batch_size=batch_size,
                                                json_path=json, plot_path=plot)
     for line in ([skipped] if skipped else []) + [f"warning: {w}" for w in warnings]:
@@ -302,7 +328,8 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
     return export_onnx(model, out, cfg, overwrite=overwrite, log=say or _quiet)
 
 
-def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = "local", **options: Any):
+def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = "local", say: Say = None,
+          **options: Any):
     """Score a pair file of any size into ``out``, exactly once and resumable (a rerun continues);
     returns the ``ScoreSummary``.
 
@@ -313,7 +340,7 @@ def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = 
         engine: local = this process; ray = Ray Data on RAY_ADDRESS's cluster or a local Ray
     """
     cfg, ray_cfg, source = configs("score", options)
-    source = dataclasses.replace(source, need_score=False)
+    source = dataclasses.replace(_as_trained(model, source, say, gold=False), need_score=False)
     if engine == "ray":
         from .score_ray import score_ray
 
@@ -344,8 +371,8 @@ def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (
     Args:
         run: run directory (θ1)
         out: folder for results.jsonl and wise.png (with choose: a run)
-        id: [NAME=]FILE, in-distribution held-out set; α is chosen on it (default: the run's dev file;
-            stsb:FOLDER takes its dev split)
+        id: [NAME=]FILE, in-distribution held-out set; α is chosen on it (default: the run's dev pairs, read
+            as training read them; stsb:FOLDER takes its dev split)
         ood: [NAME=]FILE, shifted sets (repeat the flag)
         test: [NAME=]FILE, more in-distribution sets, reported and never used to choose (repeat the flag)
         start: θ0 = another run of the same model and adapter (default: the weights this run's training started
@@ -357,6 +384,7 @@ def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (
     from .wise import wise as run_wise
 
     cfg, source = configs("wise", options)
+    source = _as_trained(run, source, say)
     sets = [_eval_set(id, "id", "dev")] if id else []
     sets += [_eval_set(t, "ood", "test") for t in ood] + [_eval_set(t, "test", "test") for t in test]
     return run_wise(run, out, sets, source, cfg, start_dir=start, choose=choose, overwrite=overwrite,

@@ -112,6 +112,16 @@ def check_world(accelerator) -> None:
             f"{torch_world}, accelerate {accelerator.num_processes} processes ({accelerator.distributed_type})")
 
 
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` concatenated in rank order (under split_batches: the global batch
+    in its order), keeping the graph: the backward sums each element's gradient over the processes
+    and gives every process its own slice's. Collective: every process calls it with the same shape
+    (the batch sampler fills every batch, so each slice has per-device rows)."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor))
+
+
 def zero_stage(accelerator) -> int:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return int(plugin.zero_stage) if plugin is not None else 0

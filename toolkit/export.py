@@ -16,6 +16,7 @@ absolute difference on the score scale), fp16/int8 on the whole dev file (Spearm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import tempfile
@@ -38,6 +39,7 @@ from .labels import LabelScale
 from .merge import is_merged, load_merged_run
 from .metrics import evaluate_predictions
 from .run import CONFIG, METRICS, load_run
+from .run_data import recorded_data, recorded_dev, trained_columns
 from .sources import SourceOptions, read_pairs
 
 
@@ -48,7 +50,8 @@ class ExportConfig:
     fp16: bool = False  # fp16 weights and activations (for GPUs)
     quantize: Optional[Literal["int8"]] = None  # int8 dynamic quantisation (for CPUs)
     opset: int = 18  # ONNX opset
-    verify_data: Optional[str] = None  # pair file for the verification gate (default: the run's dev file)
+    verify_data: Optional[str] = None
+    """pair file for the verification gate, read with the run's columns (default: the run's dev pairs)"""
     verify_pairs: int = 256  # pairs compared with PyTorch for fp32
     max_abs_diff: float = 1e-4  # fp32 gate: largest score difference from PyTorch allowed
     max_spearman_drop: float = 0.3  # fp16/int8 gate: Spearman points lost on the dev file allowed
@@ -259,20 +262,26 @@ def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print) -> Non
 
 
 def _verify_pairs(source: Source, cfg: ExportConfig):
-    path = cfg.verify_data or source.config.get("data", {}).get("dev")
-    if not path or not Path(path).is_file():
-        raise ToolkitError(f"{source.folder}: no pair file to verify the export on (the run's dev file "
-                           f"{path or '(not recorded)'} is not there): pass --verify-data FILE")
-    pairs, _ = read_pairs(path, SourceOptions(policy="skip"), gold=True,
-                          score_range=source.config.get("resolved", {}).get("score_range"))
+    """(path, pairs) the gate compares on: the run's own dev pairs, read as training read them (its
+    columns, format, table, quoting; a held-out share drawn again), or --verify-data's file read
+    with the run's columns."""
+    where = str(source.folder / CONFIG)
+    if cfg.verify_data:
+        options = recorded_data(source.config, where).source if isinstance(source.config.get("data"), dict) \
+            else SourceOptions()
+        options = dataclasses.replace(options, policy="skip", limit=None, table=None, query=None)
+        path = cfg.verify_data
+        pairs, _ = read_pairs(path, options, gold=True,
+                              score_range=source.config.get("resolved", {}).get("score_range"))
+    else:
+        _, path, pairs = recorded_dev(source.config, where, "--verify-data FILE")
     if len(pairs) < 8:
         raise ToolkitError(f"{path}: fewer than 8 usable pairs to verify the export on")
     return path, pairs
 
 
-def _gate(source: Source, bundle: Bundle, cfg: ExportConfig) -> dict:
-    """Compare the bundle with PyTorch; raise if it drifts. Returns the figures."""
-    path, pairs = _verify_pairs(source, cfg)
+def _gate(source: Source, bundle: Bundle, cfg: ExportConfig, path: str, pairs) -> dict:
+    """Compare the bundle with PyTorch on ``pairs`` (from ``path``); raise if it drifts. Returns the figures."""
     if cfg.variant == "fp32":
         idx = np.random.default_rng(0).permutation(len(pairs))[:cfg.verify_pairs]
         s1, s2 = [pairs.s1[i] for i in idx], [pairs.s2[i] for i in idx]
@@ -307,6 +316,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     if out.exists() and not overwrite:
         raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
     source = open_source(source_dir)
+    verify_path, verify_pairs = _verify_pairs(source, cfg)  # before the export: a missing file fails at once
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
         log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX "
@@ -321,6 +331,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             "output_kind": "embedding" if source.arch == "bi" else "normalized_score",
             "max_length": source.config["model"]["max_length"], "pad_id": source.tokenizer.pad_token_id,
             "labels": source.labels.to_dict(), "score_range": source.config.get("resolved", {}).get("score_range"),
+            "columns": trained_columns(source.config),
             "base_model": {"name": _portable(source.config["base_model"]["name"]),
                            "weights_sha256": source.config["base_model"]["weights_sha256"]},
             "adapter": {k: source.config["model"].get(k) for k in ("adapter", "reduction_factor", "lora_r",
@@ -333,7 +344,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
         }
         write_json(tmp / METADATA, metadata)
         bundle = Bundle.load(tmp, threads=cfg.threads, provider=cfg.provider)
-        figures = {**_gate(source, bundle, cfg), "provider": bundle.provider}
+        figures = {**_gate(source, bundle, cfg, verify_path, verify_pairs), "provider": bundle.provider}
         metadata["verification"] = figures
         write_json(tmp / METADATA, metadata)
         log(_verdict(figures))

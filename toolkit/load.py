@@ -51,6 +51,25 @@ def load_model(path: str | Path, trust_remote_code: bool = False, fused_kernel: 
     return load_run(path, trust_remote_code=trust_remote_code, fused_kernel=fused_kernel)
 
 
+def trained_reading(path: str | Path) -> tuple[dict[str, str], Optional[tuple[float, float]]]:
+    """(the sentence and score column names ``path``'s model was trained with where its training named
+    them, its score range): how a new file is read when the user says nothing. From its metadata
+    or config alone: nothing is loaded."""
+    from .bundle import METADATA
+    from .io_utils import read_json
+
+    folder = Path(path)
+    if kind_of(path) == "bundle":
+        meta = read_json(folder / METADATA)
+        columns, rng = {k: str(v) for k, v in (meta.get("columns") or {}).items() if v}, meta.get("score_range")
+    else:
+        from .run_data import trained_columns
+
+        config = read_json(folder / "config.json")
+        columns, rng = trained_columns(config), (config.get("resolved") or {}).get("score_range")
+    return columns, (float(rng[0]), float(rng[1])) if rng else None
+
+
 def model_files(path: str | Path) -> dict[str, str]:
     """sha256 of every file that makes the model's outputs what they are (a scoring job's
     fingerprint): the bundle's own record, or the config and weights of a run or merged folder."""

@@ -15,10 +15,18 @@ Li, ACL 2024), as sentence-transformers' CoSENTLoss and AnglELoss compute them (
 values on the same batch). Only the order of the targets enters, so every target normalisation gives
 the same loss. Written here rather than imported because ours must skip the filler slots and weigh
 each micro-batch by its share of the optimiser step (its pairs' weights summed): on one process
-without accumulation that is sentence-transformers' loss exactly; on several, each process's batch
-counts as much as its pairs, as MSE's pairs do.
+without accumulation that is sentence-transformers' loss exactly. On several processes each holds a
+slice of the global batch; ranking only its slice would compare fewer pairs than one process does,
+so the similarities (differentiably), targets and weights are gathered and every process computes
+the loss of the whole global batch. Each process then backpropagates its own weights' sum times
+that loss: the gather's backward sums the processes' gradients for every slot, so each slot gets
+(Σ over processes of their weight sums = the global batch's share) x the loss's gradient, and the
+loop's loss scale (processes x accumulation, undoing DDP's and accelerate's averaging) makes the
+step's gradient the one process's, as for MSE.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +61,14 @@ def rank_loss(similarities: torch.Tensor, targets: torch.Tensor, scale: float = 
     return torch.logsumexp(torch.cat((terms.new_zeros(1), terms)), dim=0)
 
 
-def batch_objective(loss: str, predictions: torch.Tensor, targets: torch.Tensor,
-                    weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_objective(loss: str, predictions: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                    gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the micro-batch's part of the step's loss, to backpropagate; the sum over its counted pairs of
-    their loss, for the logs: per pair for mse, the batch's loss times its pairs for the rank losses)."""
+    their loss, for the logs: per pair for mse, the batch's loss times its pairs for the rank losses).
+    ``gather``: with several processes, every process's slice of the global batch concatenated,
+    differentiably (``distributed.gather_with_grad``); the rank losses rank the whole global batch
+    (see the module docstring), and every process must call then."""
     counted = weights > 0
     if loss in ("mse", "bce"):
         per_pair = F.mse_loss(predictions, targets, reduction="none") if loss == "mse" else \
@@ -64,5 +76,10 @@ def batch_objective(loss: str, predictions: torch.Tensor, targets: torch.Tensor,
         return (per_pair * weights).sum(), per_pair.detach()[counted].sum()
     if loss not in RANK_LOSSES:
         raise ValueError(f"unknown loss {loss!r}")
-    value = rank_loss(predictions[counted], targets[counted])
+    everyone, their_targets, their_weights = predictions, targets, weights
+    if gather is not None:
+        everyone = gather(predictions)
+        their_targets, their_weights = gather(torch.stack((targets, weights.to(targets.dtype)), dim=1)).unbind(1)
+    value = rank_loss(everyone[their_weights > 0], their_targets[their_weights > 0])
+    # this process's weights: the gather's backward adds the other processes' shares of the batch
     return weights.sum() * value, value.detach() * counted.sum()

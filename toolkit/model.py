@@ -93,7 +93,7 @@ def fused_kernel_choice(mode: str) -> tuple[bool, str]:
     if torch.cuda.is_available():
         return True, f"on ({mode}: CUDA and Triton), each kind of call self-checked at first use"
     if mode == "on":
-        from kernels.adapter_bottleneck import interpreting
+        from .kernels.adapter_bottleneck import interpreting
 
         if not interpreting():
             raise ToolkitError("--fused-kernel on needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernel "
@@ -107,8 +107,8 @@ def kernel_report(model: "PairRegressor") -> dict:
     fused = 0
     decisions: list[str] = []
     if model.kernel_choice[0]:
-        from kernels.adapter_module import FusedBottleneckAdapter
-        from kernels.selfcheck import verdicts
+        from .kernels.adapter_module import FusedBottleneckAdapter
+        from .kernels.selfcheck import verdicts
 
         fused = sum(isinstance(m, FusedBottleneckAdapter) for m in model.modules())
         decisions = [f"{call.describe()}: {'fused kernel' if v.ok else 'PyTorch'} ({v.reason})"
@@ -189,7 +189,7 @@ class PairRegressor(nn.Module):
                     module.dropout_prob = cfg.dropout
         choice = fused_kernel_choice(cfg.fused_kernel)
         if choice[0]:
-            from kernels.adapter_module import fuse_adapters
+            from .kernels.adapter_module import fuse_adapters
 
             if fuse_adapters(encoder) == 0:
                 if cfg.fused_kernel == "on":

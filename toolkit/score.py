@@ -23,6 +23,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -44,7 +45,7 @@ from .compare import differences, summarize
 from .errors import ToolkitError, first_line
 from .failpoints import crash_point
 from .option_types import Shard
-from .io_utils import atomic_path, fsync_dir, read_json, write_json
+from .io_utils import atomic_path, fsync_dir, output_lock, read_json, write_json
 from .sources import PairChunk, PairSource, SourceOptions
 
 MANIFEST = "manifest.json"
@@ -288,25 +289,39 @@ def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
 def _reader(source: PairSource, scorer: Scorer, q: queue.Queue, done_parts: dict, stop: threading.Event,
             shard: Optional[tuple[int, int]], timing: dict[str, float]) -> None:
     """Reader thread: (part index, chunk, prepared) for parts still to do; (index, chunk, None) for
-    parts already written; then None. Exceptions travel through the queue."""
+    parts already written; then None. Exceptions travel through the queue. Once ``stop`` is set (the
+    main thread is done, perhaps failed, and reads no more) it returns, closing the input: a
+    failed call in a long-lived process leaves no thread blocked on the full queue, no file open."""
+    chunks = source.chunks(keep_empty=True)
     try:
-        chunks = enumerate(source.chunks(keep_empty=True))
-        while True:
+        for index in itertools.count():
             with _timed(timing, "read"):
-                item = next(chunks, None)
-            if item is None:
+                chunk = next(chunks, None)
+            if chunk is None or stop.is_set():
                 break
-            if stop.is_set():
-                return
-            index, chunk = item
             if shard is not None and index % shard[1] != shard[0]:
                 continue  # another shard's part
             with _timed(timing, "tokenise"):
                 prepared = None if str(index) in done_parts else scorer.prepare(chunk)
-            q.put((index, chunk, prepared))
-        q.put(None)
+            if not _put(q, (index, chunk, prepared), stop):
+                return
+        _put(q, None, stop)
     except BaseException as e:  # re-raised on the main thread
-        q.put(e)
+        _put(q, e, stop)
+    finally:
+        chunks.close()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first: the queue is bounded, and a main thread that has
+    stopped reading would leave a plain ``put`` blocked for ever."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 @dataclass
@@ -339,6 +354,13 @@ def score_file(model_path: str, input_path: str, out: str, options: SourceOption
     cfg.validate()
     start = time.time()
     job = _Job.plan(out, cfg.shard)
+    with output_lock(job.out, job.tag):  # before anything of the output is read: one job per output
+        return _score_job(model_path, input_path, out, options, cfg, job, start)
+
+
+def _score_job(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig, job: _Job,
+               start: float) -> ScoreSummary:
+    """``score_file``'s work, run while this job holds the output."""
     # shards take whole parts (part k -> shard k % n): each part is batched exactly as unsharded,
     # so the union of the shards is the unsharded output, scores included (int8's dynamic
     # quantisation depends on the batch)
@@ -434,6 +456,7 @@ def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, 
             bar.update(len(chunk))
     finally:
         stop.set()
+        thread.join()  # it sees ``stop`` within 0.1 s, or once it has read and tokenised the part in hand
         bar.close()
         timing.update(waited=waited, **scorer.engine_timing)
     return owned
@@ -461,7 +484,7 @@ def _count_rows(path: Path, source: PairSource, shard) -> Optional[int]:
 
     try:
         if isinstance(source.reader, ParquetReader):
-            n = pq.ParquetFile(path).metadata.num_rows
+            n = source.reader.file.metadata.num_rows  # the reader's open file: pyarrow takes paths as UTF-8 only
         elif isinstance(source.reader, (DelimitedReader, JsonlReader)):
             n = 0
             with open(path, "rb") as f:

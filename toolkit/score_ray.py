@@ -11,8 +11,9 @@ per file. Score: ``map_batches`` with a callable class, one per actor, that load
 whole, so the batches, and therefore the scores, are the local engine's; each actor takes one part at
 a time (``max_tasks_in_flight_per_actor=1``), so none idles while another has a queue, and the job
 starts once the pool is up. Write: Ray Data's ``write_parquet`` into a temporary folder beside the
-output, renamed into place only if every good row is there once; pairs scored per node and per actor
-are recorded (a retried part counts once).
+output, renamed into place only if every good row is there once (as many rows as the driver read, and
+the same ids); pairs scored per node and per actor are recorded (a retried part counts once). One job
+per output folder (``io_utils.output_lock``, shared with the local engine).
 """
 from __future__ import annotations
 
@@ -23,19 +24,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ToolkitError, first_line, show
-from .io_utils import atomic_dir
+from .errors import ToolkitError, first_line, show, show_path
+from .io_utils import atomic_dir, output_lock
 from .score import ScoreConfig, ScoreSummary, Scorer, part_table
 from .sources import PairChunk, PairSource, PartPlan, SourceOptions
 from .sources.hf_dataset import is_dataset_folder
 from .sources.source import EXTENSIONS
 
-INSTALL = 'the Ray engine needs Ray: pip install "toolkit[ray]" (Ray Data 2.60)'
+INSTALL = 'the Ray engine needs Ray: pip install "sentence-pair-toolkit[ray]" (Ray Data 2.60)'
 PART = "_part"
 BLOCK_BYTES = 1 << 20
 
@@ -110,16 +111,42 @@ def _stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def plan_reads(files: list[Path], root: Path, options: SourceOptions) -> tuple[list[ReadPart], ScoreSummary]:
+def ids_digest(ids: Iterable[str]) -> int:
+    """An order-free digest of a multiset of ids (Ray writes parts in any order): the sum of their
+    hashes, mod 2**64. Python's string hash is keyed per process: the plan and the check that
+    compares with it both run on the driver."""
+    return sum(map(hash, ids)) % (1 << 64)
+
+
+@dataclass
+class Planned:
+    """What the output must hold, from the driver's read: the good rows and the digest of their ids
+    (a part lost and another of its size written twice keep the count, not the digest)."""
+
+    rows: int = 0
+    digest: int = 0
+
+    def add(self, ids: list[str]) -> None:
+        self.rows += len(ids)
+        self.digest = (self.digest + ids_digest(ids)) % (1 << 64)
+
+
+def _part_ids(name: Optional[str], chunk: PairChunk, options: SourceOptions) -> list[str]:
+    """A part's ids as written: row-number ids of one file among several are prefixed with its name."""
+    return chunk.ids if (name is None or options.columns.id_col) else [f"{name}:{i}" for i in chunk.ids]
+
+
+def plan_reads(files: list[Path], root: Path, options: SourceOptions
+               ) -> tuple[list[ReadPart], ScoreSummary, Planned]:
     """Read every file once here: its report (bad rows under the policy, in file order, as the local
-    engine gives them) and where each of its parts starts."""
-    summary, tasks, several = ScoreSummary(), [], len(files) > 1
+    engine gives them), where each of its parts starts and the ids the output must hold."""
+    summary, tasks, several, planned = ScoreSummary(), [], len(files) > 1, Planned()
     for index, path in enumerate(files):
         stamp = _stamp(path) if path.is_file() else (0, 0)
         source = PairSource(path, options)
-        for _ in source.chunks(keep_empty=True):
-            pass
         name = str(path.relative_to(root)) if several else None
+        for chunk in source.chunks(keep_empty=True):
+            planned.add(_part_ids(name, chunk, options))
         if source.reader.splittable:
             tasks += [ReadPart(index, path, name, k, part, stamp) for k, part in enumerate(source.plan) if part.good]
         elif source.report.good:
@@ -127,7 +154,7 @@ def plan_reads(files: list[Path], root: Path, options: SourceOptions) -> tuple[l
         summary.rows += source.report.rows
         summary.bad += source.report.bad
         summary.skipped_report.extend(source.report.problems)
-    return tasks, summary
+    return tasks, summary, planned
 
 
 def read_parts(task: ReadPart, options: SourceOptions) -> Iterator[pa.Table]:
@@ -143,8 +170,8 @@ def read_parts(task: ReadPart, options: SourceOptions) -> Iterator[pa.Table]:
     for k, chunk in chunks:
         if not len(chunk):
             continue
-        ids = chunk.ids if (task.name is None or options.columns.id_col) else [f"{task.name}:{i}" for i in chunk.ids]
-        columns = {PART: [f"{task.index}:{k}"], "id": [ids], "s1": [chunk.s1], "s2": [chunk.s2]}
+        columns = {PART: [f"{task.index}:{k}"], "id": [_part_ids(task.name, chunk, options)], "s1": [chunk.s1],
+                   "s2": [chunk.s2]}
         columns.update({c: [chunk.extra[c]] for c in options.keep_cols})
         yield pa.table(columns)
 
@@ -189,9 +216,18 @@ def score_ray(model_path: str, input_path: str, out: str, options: SourceOptions
               ray_cfg: RayConfig) -> ScoreSummary:
     """Score every pair under ``input_path`` into the Parquet folder ``out`` on a Ray cluster."""
     files = _check_request(input_path, out, cfg, ray_cfg)
+    with output_lock(out):  # before the output is looked at: one job per output, whichever engine
+        out_path = Path(out)
+        if out_path.exists() and any(out_path.iterdir()) and not cfg.restart:
+            raise ToolkitError(f"{show_path(out)}: already exists and is not empty; pass --restart to score again")
+        return _score_ray(model_path, files, input_path, out, options, cfg, ray_cfg)
+
+
+def _score_ray(model_path: str, files: list[Path], input_path: str, out: str, options: SourceOptions,
+               cfg: ScoreConfig, ray_cfg: RayConfig) -> ScoreSummary:
     options = dataclasses.replace(options, need_score=False, chunk_size=cfg.chunk_size, keep_cols=tuple(cfg.keep_cols))
     start = time.time()
-    tasks, summary = plan_reads(files, Path(input_path), options)  # bad input fails here, before the cluster
+    tasks, summary, expected = plan_reads(files, Path(input_path), options)  # bad input fails here, before the cluster
     planned = time.time() - start
     ray = _ray()
     from ray.data import DataContext
@@ -221,7 +257,7 @@ def score_ray(model_path: str, input_path: str, out: str, options: SourceOptions
                             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
                             num_cpus=0 if ray_cfg.num_gpus_per_actor > 0 else threads,
                             num_gpus=ray_cfg.num_gpus_per_actor or None)
-        _write(ray, ds, Path(out), log, summary, actors, ray_cfg)
+        _write(ray, ds, Path(out), log, summary, actors, ray_cfg, expected)
     finally:
         if started:
             ray.shutdown()
@@ -242,7 +278,7 @@ def _connect(ray, address: Optional[str]) -> None:
 
 
 def _check_request(input_path: str, out: str, cfg: ScoreConfig, ray_cfg: RayConfig) -> list[Path]:
-    """The input files, once the options and the output folder are known to be usable."""
+    """The input files, once the options and the output's name are known to be usable."""
     cfg.validate()
     ray_cfg.validate()
     if cfg.shard is not None:
@@ -250,8 +286,6 @@ def _check_request(input_path: str, out: str, cfg: ScoreConfig, ray_cfg: RayConf
     out_path = Path(out)
     if out_path.suffix:
         raise ToolkitError(f"{out}: the Ray engine writes a folder of Parquet files: name a folder (-o DIR/)")
-    if out_path.exists() and any(out_path.iterdir()) and not cfg.restart:
-        raise ToolkitError(f"{out}: already exists and is not empty; pass --restart to score again")
     return input_files(input_path)
 
 
@@ -306,16 +340,22 @@ def _pair_datasource(tasks: list[ReadPart], options: SourceOptions):
     return PairDatasource()
 
 
-def _write(ray, ds, out_path: Path, log, summary: ScoreSummary, actors: int, ray_cfg: RayConfig) -> None:
-    """Write the scored parts; published (renamed into place) only if every good row is there once."""
+def _write(ray, ds, out_path: Path, log, summary: ScoreSummary, actors: int, ray_cfg: RayConfig,
+           planned: Planned) -> None:
+    """Write the scored parts; published (renamed into place) only if every good row is there once:
+    as many rows as planned, and the ids planned (a retried write task or a lost block can keep the
+    count right and the rows wrong)."""
     summary.output = str(out_path)
     try:
         with atomic_dir(out_path) as tmp:
             ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0}, concurrency=actors)
-            summary.written = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
-            if summary.rows - summary.bad != summary.written:
-                raise ToolkitError(f"{out_path}: wrote {summary.written} rows but read {summary.rows - summary.bad} "
+            summary.written, digest = _written(tmp)
+            if planned.rows != summary.written:
+                raise ToolkitError(f"{show_path(out_path)}: wrote {summary.written} rows but read {planned.rows} "
                                    "good ones; not published")
+            if planned.digest != digest:
+                raise ToolkitError(f"{show_path(out_path)}: wrote as many rows as the good ones read, but not the "
+                                   "same ids (a part lost and another written twice); not published")
             parts = ray.get(log.all.remote())
             summary.spread = spread(parts)
             summary.timing = {"tokenise": sum(p[3] for p in parts.values()), "run": sum(p[4] for p in parts.values())}
@@ -327,6 +367,16 @@ def _write(ray, ds, out_path: Path, log, summary: ScoreSummary, actors: int, ray
         if user is not None:
             raise user from None
         raise
+
+
+def _written(folder: Path) -> tuple[int, int]:
+    """Rows and the digest of their ids, over the Parquet files Ray wrote into ``folder``."""
+    rows = digest = 0
+    for path in sorted(folder.glob("*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["id"]):
+            rows += batch.num_rows
+            digest = (digest + ids_digest(batch.column(0).to_pylist())) % (1 << 64)
+    return rows, digest
 
 
 def spread(parts: dict) -> dict[str, dict[str, int]]:

@@ -24,8 +24,9 @@ from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from .compare import differences, summarize
 from .config_io import from_dict
-from .distributed import gathered, make_accelerator, resolve_precision, zero_stage
+from .distributed import gather_with_grad, gathered, make_accelerator, resolve_precision, zero_stage
 from .errors import ToolkitError
+from .failpoints import crash_point
 from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import caller_trust, load_tokenizer, resolve_model
@@ -35,7 +36,8 @@ from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
-from .sources import PairChunk, PairSource, SourceOptions, read_pairs
+from .run_data import DataConfig, dev_digest, read_run_data
+from .sources import PairChunk
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 DEFAULT_LR = {"none": 2e-5}
@@ -116,23 +118,6 @@ class TrainConfig:
 
 
 @dataclass
-class DataConfig:
-    """The training and dev files and how to read them; saved in the run directory."""
-
-    train: Optional[str] = None  # training pair file
-    dev: Optional[str] = None  # dev pair file (model selection, early stopping)
-    source: SourceOptions = field(default_factory=SourceOptions)
-    dev_table: Optional[str] = None  # SQLite: table for the dev split (--table applies to --train)
-    dev_query: Optional[str] = None  # SQLite: query for the dev split
-
-    def dev_options(self) -> SourceOptions:
-        opts = dataclasses.replace(self.source)
-        if self.dev_table or self.dev_query:
-            opts.table, opts.query = self.dev_table, self.dev_query
-        return opts
-
-
-@dataclass
 class TrainResult:
     """What ``train`` returns: the summary written to metrics.json, the best checkpoint's dev
     predictions, and the model as training left it (unwrapped; its last state, not the best).
@@ -150,7 +135,7 @@ class BatchSeen:
     epoch: int
     batch: int  # index of the global batch in the epoch
     rank: int
-    indices: list[int]  # training pairs (positions among the training file's good rows) that counted
+    indices: list[int]  # training pairs (positions among the training pairs, in file order) that counted
 
 
 class RunLog:
@@ -178,13 +163,6 @@ class RunLog:
         if self.enabled:
             for name, entries in ((LOG, history), (STEPS_LOG, steps)):
                 write_text(self.folder / name, "".join(json.dumps(e) + "\n" for e in entries))
-
-
-def _read(path: str, options: SourceOptions, what: str, log: RunLog) -> tuple[PairChunk, PairSource]:
-    pairs, source = read_pairs(path, options, gold=True, purpose=what)
-    if source.report.bad:
-        log.say(source.report.summary())
-    return pairs, source
 
 
 def objective_model(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
@@ -269,7 +247,7 @@ def _check_same_run(out: Path, sections: dict, world: dict) -> None:
     """A rerun continues a run only with the settings it was started with."""
     saved = read_json(out / CONFIG)
     asked = json.loads(json.dumps(sections))
-    for name, cls in (("model", ModelConfig), ("train", TrainConfig)):  # a setting added since: its default
+    for name, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):  # added since: default
         if isinstance(saved.get(name), dict):
             saved[name] = json.loads(json.dumps(dataclasses.asdict(from_dict(cls, saved[name], str(out / CONFIG)))))
     diffs = differences({k: saved.get(k) for k in asked}, asked)
@@ -321,6 +299,7 @@ class Session:
     best_pred: Optional[np.ndarray] = None
     bar: Any = None
     epoch_start: float = 0.0
+    epoch_start_pairs: int = 0  # the epoch's pairs already trained when its timer started (a resume restores them)
     kernel_said: set = field(default_factory=set)
 
     @property
@@ -351,6 +330,8 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     out = Path(out)
     model_cfg.validate()
     cfg.validate()
+    data.validate()
+    data = data.absolute()  # later commands read the run's data from any folder
     model_cfg = objective_model(model_cfg, cfg)
     precision = resolve_precision(cfg.precision)
     _, base_folder = resolve_model(model_cfg.base_model)  # a wrong model name fails before any data is read
@@ -395,10 +376,8 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     main = accelerator.is_main_process
     log = RunLog(out, main)
     set_seed(cfg.seed)
-    train_pairs, train_src = _read(data.train, data.source, "to train on", log)
-    dev_options = data.dev_options()
-    dev_options.score_range = dev_options.score_range or train_src.score_range  # dev gold in the trained range
-    dev_pairs, _ = _read(data.dev, dev_options, "to evaluate on (dev)", log)
+    read = read_run_data(data, log.say)
+    train_pairs, dev_pairs, train_src = read.train, read.dev, read.train_source
     labels = _label_scale(cfg, model_cfg, train_src.score_range, train_pairs.scores)
     model, tokens, probe = _build_model(model_cfg, cfg, accelerator, base_folder, labels, train_pairs, dev_pairs,
                                         fresh)
@@ -411,7 +390,8 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
         write_config(out, model_cfg, labels, base, train=sections["train"],
                      data=sections["data"],
                      resolved={"score_range": train_src.score_range, "columns": dataclasses.asdict(train_src.columns),
-                               "train_rows": len(train_pairs), "dev_rows": len(dev_pairs), "precision": precision,
+                               "train_rows": len(train_pairs), "dev_rows": len(dev_pairs),
+                               "dev_digest": dev_digest(dev_pairs), "precision": precision,
                                "processes": accelerator.num_processes, "per_device_batch": per_device,
                                "effective_batch": effective,
                                "linear_probe": dataclasses.asdict(probe) if probe is not None else None})
@@ -425,7 +405,7 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     unwrapped = accelerator.unwrap_model(prepared)
     log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
-    log.say(f"data {len(train_pairs)} train / {len(dev_pairs)} dev pairs; labels {labels.kind} "
+    log.say(f"data {read.describe()}; labels {labels.kind} "
             f"(score = {labels.offset:g} + {labels.scale:g} * y)")
     if probe is not None:
         log.say(probe.describe())
@@ -549,15 +529,16 @@ def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[Ba
     loader.set_epoch(epoch)  # the batch order depends on (seed, epoch) only; accelerate's
     s.sampler.set_epoch(epoch)  # skipping wrapper does not pass the epoch on, so set it here too
     s.bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-    s.epoch_start = time.time()
+    s.epoch_start, s.epoch_start_pairs = time.time(), state.epoch_pairs
     step_sum = torch.zeros(2, dtype=torch.float64, device=acc.device)  # this process's loss sum and pairs
     pending: list[torch.Tensor] = []  # per optimiser step, reduced across processes only when logged
+    gather = gather_with_grad if acc.num_processes > 1 else None  # rank losses rank the global batch
     for batch in loader:
         with acc.accumulate(s.model):
             torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, acc.process_index))
             targets, weights, index = batch.pop("labels"), batch.pop("weights"), batch.pop("index")
             predictions = s.model(**batch, output=OUTPUT[cfg.loss]).float()
-            objective, logged = batch_objective(cfg.loss, predictions, targets.float(), weights.float())
+            objective, logged = batch_objective(cfg.loss, predictions, targets.float(), weights.float(), gather)
             acc.backward(objective * s.loss_scale)
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
@@ -579,6 +560,7 @@ def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[Ba
             if cfg.save_steps and state.global_step % cfg.save_steps == 0:
                 _log_steps(s, state, pending)
                 save_checkpoint(acc, s.out, s.weights_dir, state, s.best_pred, None)
+        crash_point("train.batch")  # a kill after a batch (and its checkpoint, if any), for the resume tests
     _log_steps(s, state, pending)
 
 
@@ -608,7 +590,7 @@ def _end_epoch(s: Session, state: TrainerState) -> None:
         s.log.say(f"warning: dev {w}")
     elapsed = time.time() - s.epoch_start
     entry = {"epoch": epoch, "train_loss": state.epoch_loss_sum / max(state.epoch_pairs, 1), "dev": dev,
-             "seconds": elapsed, "samples_per_s": state.epoch_pairs / elapsed}
+             "seconds": elapsed, "samples_per_s": (state.epoch_pairs - s.epoch_start_pairs) / elapsed}
     state.history.append(entry)
     s.log.record(entry)
     _track(s, {"train/epoch_loss": entry["train_loss"], "epoch": epoch, **_scalars(dev, "dev")},

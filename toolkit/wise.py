@@ -38,7 +38,8 @@ from .option_types import Alphas, parse_alphas  # noqa: F401  (parse_alphas: re-
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from .model import PairRegressor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, Run, load_run
-from .sources import SourceOptions, read_pairs
+from .run_data import recorded_dev
+from .sources import PairChunk, SourceOptions, read_pairs
 
 RESULTS = "results.jsonl"
 PLOT = "wise.png"
@@ -52,6 +53,7 @@ class EvalSet:
     name: str
     path: str
     role: str  # id: held-out in-distribution (chooses α); ood: shifted; test: in-distribution, reported only
+    pairs: Optional[PairChunk] = None  # already read (the run's own dev pairs); else read from ``path``
 
 
 @dataclass
@@ -187,6 +189,9 @@ class WiseResult:
 def _read_sets(sets: Sequence[EvalSet], options: SourceOptions, run: Run) -> list[tuple[EvalSet, object, str]]:
     read = []
     for s in sets:
+        if s.pairs is not None:
+            read.append((s, s.pairs, ""))
+            continue
         pairs, source = read_pairs(s.path, options, gold=True, score_range=run.score_range, purpose="to evaluate")
         read.append((s, pairs, source.report.summary() if source.report.bad else ""))
     return read
@@ -302,11 +307,9 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ToolkitError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
     run = load_run(run_dir, fused_kernel="off")
-    if not any(s.role == "id" for s in sets):  # the run's own dev split: held out from training
-        dev = run.config.get("data", {}).get("dev")
-        if dev is None:
-            raise ToolkitError("name the in-distribution held-out set: --id FILE")
-        sets = [EvalSet(Path(dev).stem, dev, "id"), *sets]
+    if not any(s.role == "id" for s in sets):  # the run's own dev pairs, read as training read them
+        name, path, pairs = recorded_dev(run.config, str(Path(run_dir) / CONFIG), "--id FILE")
+        sets = [EvalSet(name, path, "id", pairs), *sets]
     if len({s.name for s in sets}) != len(sets):
         raise ToolkitError("two evaluation sets have the same name: name them NAME=PATH")
     start = load_run(start_dir, fused_kernel="off") if start_dir is not None else None

@@ -1,11 +1,12 @@
 """What every reader provides, and the file checks shared by the text formats."""
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
-from ..errors import BadInputError, show_path
+from ..errors import BadInputError, show, show_path
 from .options import SourceOptions
 from .records import RawChunk, Split
 
@@ -50,6 +51,34 @@ class Reader(ABC):
 
     def fail(self, message: str, loc: Optional[int] = None) -> BadInputError:
         return BadInputError(f"{self.where(loc)}: {message}")
+
+    def name_error(self, name: Union[bytes, str], what: str = "a column name") -> BadInputError:
+        """A name in the file that is not UTF-8, which pyarrow and sqlite3 refuse to decode (so the
+        file cannot be read through them), said as its bytes with the first bad one and its offset,
+        as the row checks say it for values. ``name``: the bytes, or text holding them as lone
+        surrogates (surrogateescape)."""
+        raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else bytes(name)
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as e:
+            where = f" (byte 0x{raw[e.start]:02x} at byte {e.start + 1})"
+        return self.fail(f"{what} is not valid UTF-8: {show(raw, 60)}{where}")
+
+    def check_needed(self, needed: list[str], names: Optional[list[str]] = None, where: str = "") -> None:
+        """Refuses a needed column that ``names`` (the file's, by default) hold more than once: which
+        one holds the data would be a guess. ``where``: the part of the file those names are from."""
+        names = self.names if names is None else names
+        for name in needed:
+            count = 0 if names is None else names.count(name)
+            if count > 1:
+                raise self.fail(f"{where}{count} columns named {show(name, 40)}: which to read is ambiguous")
+
+
+def native_path(path: Path) -> bytes:
+    """The path as the file system has it, for libraries that take only UTF-8 paths as text (pyarrow,
+    SQLite URIs): a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates) opens."""
+    return os.fsencode(path)
 
 
 def require_file(path: Path) -> None:

@@ -47,7 +47,9 @@ class DelimitedReader(Reader):
         head = sniff_text(path).decode("utf-8", errors="surrogateescape")
         with open(path, "rb") as f:
             self._bom = f.read(len(UTF8_BOM)) == UTF8_BOM
-        first_line = head.splitlines()[0] if head else ""
+        # Lines end at CR or LF only, as csv reads them: splitlines() would also end one at a form feed,
+        # U+2028 or the like inside a header name, and hide the tabs after it from the sniff.
+        first_line = head.split("\n", 1)[0].split("\r", 1)[0]
         if fmt in ("tsv", "stsb"):
             self.delimiter = "\t"
         else:

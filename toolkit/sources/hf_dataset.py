@@ -12,10 +12,10 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 
-from ..errors import BadInputError, first_line, show, show_path
-from .base import Reader
+from ..errors import BadInputError, escape, first_line, show, show_path
+from .base import Reader, native_path
 from .options import SourceOptions
-from .parquet import column_values
+from .parquet import column_values, nested_not_utf8
 from .records import RawChunk
 
 STATE, DICT = "state.json", "dataset_dict.json"
@@ -56,25 +56,33 @@ class HFDatasetReader(Reader):
         if not path.is_dir():
             raise self.fail("no such folder" if not path.exists() else "expected a datasets save_to_disk folder")
         self.files = _data_files(path)
-        self.schema = self._open(self.files[0]).schema
+        self._names = self._names_of(self.files[0], self._open(self.files[0]).schema)
 
     def _open(self, file: Path) -> pa.RecordBatchStreamReader:
         try:
-            return pa.ipc.open_stream(pa.memory_map(str(file)))
+            return pa.ipc.open_stream(pa.memory_map(native_path(file)))
         except (pa.ArrowException, OSError) as e:
-            raise self.fail(f"{file.name}: not an Arrow stream file ({first_line(e)})") from None
+            raise self.fail(f"{escape(file.name)}: not an Arrow stream file ({first_line(e)})") from None
+
+    def _names_of(self, file: Path, schema: pa.Schema) -> list[str]:
+        try:
+            return list(schema.names)
+        except UnicodeDecodeError as e:
+            raise self.name_error(e.object, f"{escape(file.name)}: a column name") from None
 
     @property
     def names(self) -> Optional[list[str]]:
-        return list(self.schema.names)
+        return self._names
 
     def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
         row, pending = 0, []
         for file in self.files:
             stream = self._open(file)
-            missing = [c for c in needed if c not in stream.schema.names]
+            names = self._names_of(file, stream.schema)
+            missing = [c for c in needed if c not in names]
             if missing:
-                raise self.fail(f"{file.name} has no column {show(missing[0])}")
+                raise self.fail(f"{escape(file.name)} has no column {show(missing[0])}")
+            self.check_needed(needed, names, f"{escape(file.name)}: ")
             try:
                 for batch in stream:
                     pending.append(batch.select(needed))
@@ -84,17 +92,19 @@ class HFDatasetReader(Reader):
                         row += chunk_size
                         pending = table.slice(chunk_size).to_batches()
             except (pa.ArrowException, OSError) as e:
-                raise self.fail(f"{file.name}: unreadable after row {row} ({first_line(e)})") from None
+                raise self.fail(f"{escape(file.name)}: unreadable after row {row} ({first_line(e)})") from None
         rest = pa.Table.from_batches(pending, schema=pending[0].schema) if pending else None
         if rest is not None and rest.num_rows:
             yield self._chunk(rest, row)
         elif row == 0:
             raise self.fail("no data rows")
 
-    @staticmethod
-    def _chunk(table: pa.Table, row: int) -> RawChunk:
+    def _chunk(self, table: pa.Table, row: int) -> RawChunk:
         n = table.num_rows
-        chunk = RawChunk(columns={c: column_values(table.column(c).combine_chunks()) for c in table.column_names},
-                         locs=list(range(row + 1, row + n + 1)))
+        try:
+            columns = {c: column_values(table.column(c).combine_chunks()) for c in table.column_names}
+        except UnicodeDecodeError as e:
+            raise self.fail(f"unreadable after row {row}: {nested_not_utf8(e)}") from None
+        chunk = RawChunk(columns=columns, locs=list(range(row + 1, row + n + 1)))
         chunk.rows = chunk.locs
         return chunk

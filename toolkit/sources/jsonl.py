@@ -11,6 +11,25 @@ from .options import SourceOptions
 from .records import RawChunk, Split
 
 
+class _Repeated(dict):
+    """An object that names a key more than once (json keeps the last silently): ``repeated`` lists those keys."""
+
+    repeated: set
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        obj, seen = _Repeated(obj), set()
+        obj.repeated = set()
+        for key, _ in pairs:
+            (obj.repeated if key in seen else seen).add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+
+
 class JsonlReader(Reader):
     loc_kind = "line"
     description = "JSON Lines"
@@ -58,11 +77,18 @@ class JsonlReader(Reader):
         except UnicodeDecodeError as e:
             return None, f"invalid UTF-8 (byte 0x{line[e.start]:02x} at byte {e.start + 1})"
         try:
-            obj = json.loads(text)
+            obj = _DECODER.decode(text)
         except json.JSONDecodeError as e:
             return None, f"invalid JSON: {e.msg} (column {e.colno})"
         if not isinstance(obj, dict):
             return None, f"expected a JSON object, got {type(obj).__name__}"
+        if isinstance(obj, _Repeated):
+            for c in needed:
+                if c in obj.repeated:
+                    return None, f"field {show(c, 40)} given more than once: which to read is ambiguous"
+        for c in needed:
+            if type(obj.get(c)) is _Repeated:  # a nested object, not text: reported as the dict it is
+                obj[c] = dict(obj[c])
         for c in needed:
             if c not in obj:
                 return None, f"missing field {show(c, 40)} (fields: {show_names(obj, most=8)})"

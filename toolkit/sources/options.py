@@ -4,8 +4,9 @@ These fields are options of every command that reads pairs (``--s1-col``, ``--sc
 the comment after each is its help text, its type its parser."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional
 
 import tyro
 
@@ -13,16 +14,32 @@ from ..choices import Format, Policy
 from ..option_types import ScoreRange
 
 
+DEFAULT_COLUMNS = {"s1_col": "sentence1", "s2_col": "sentence2", "score_col": "score"}
+
+
 @dataclass
 class Columns:
-    """Column (or JSON field) names; the id and group columns are optional."""
+    """Column (or JSON field) names; the id and group columns are optional. A sentence or score column
+    left unset is the model's (as it was trained), else the default: sentence1, sentence2, score."""
 
-    s1_col: str = "sentence1"  # first sentence column
-    s2_col: str = "sentence2"  # second sentence column
-    score_col: str = "score"  # gold score column
+    s1_col: Optional[str] = None  # first sentence column (default: the model's, else sentence1)
+    s2_col: Optional[str] = None  # second sentence column (default: the model's, else sentence2)
+    score_col: Optional[str] = None  # gold score column (default: the model's, else score)
     id_col: Optional[str] = None  # pair id column (default: the row number)
     group_col: Optional[str] = None
     """column for per-group metrics (STS-B release: genre)"""
+
+    def filled(self, trained: Optional[Mapping[str, Optional[str]]] = None) -> tuple["Columns", dict[str, str]]:
+        """(every sentence and score column named, those of them taken from ``trained``): unset ones
+        are the trained model's where it names them, else the defaults."""
+        trained = trained or {}
+        values, taken = {}, {}
+        for name, default in DEFAULT_COLUMNS.items():
+            value = getattr(self, name)
+            if value is None and trained.get(name):
+                value = taken[name] = str(trained[name])
+            values[name] = default if value is None else value
+        return dataclasses.replace(self, **values), taken
 
 
 @dataclass

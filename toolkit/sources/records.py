@@ -71,6 +71,16 @@ class PairChunk:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, rows) -> "PairChunk":
+        """The pairs at ``rows`` (positions), in that order."""
+        rows = [int(r) for r in rows]
+        return PairChunk(
+            ids=[self.ids[r] for r in rows], s1=[self.s1[r] for r in rows], s2=[self.s2[r] for r in rows],
+            scores=None if self.scores is None else self.scores[np.asarray(rows, dtype=np.int64)],
+            groups=None if self.groups is None else [self.groups[r] for r in rows],
+            locs=[self.locs[r] for r in rows], extra={k: [v[r] for r in rows] for k, v in self.extra.items()},
+        )
+
     @staticmethod
     def concat(chunks: list["PairChunk"], with_scores: bool, with_groups: bool) -> "PairChunk":
         return PairChunk(

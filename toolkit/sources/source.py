@@ -97,6 +97,7 @@ class PairSource:
         if options.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}")
         self.path = Path(path)
+        options = dataclasses.replace(options, columns=options.columns.filled()[0])
         self.options = options
         self.reader = make_reader(self.path, options)
         cols = dataclasses.replace(options.columns)

@@ -7,13 +7,21 @@ from typing import Iterator, Optional
 from urllib.parse import quote
 
 from ..errors import first_line, show, show_names
-from .base import Reader, require_file
+from .base import Reader, native_path, require_file
 from .options import SourceOptions
 from .records import RawChunk
 
 
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _said(e: Exception) -> str:
+    """SQLite's message, for ours. When it quotes bytes that are not UTF-8 (a broken schema's names),
+    sqlite3 fails to decode it and raises UnicodeDecodeError holding it instead."""
+    if isinstance(e, UnicodeDecodeError):
+        return first_line(Exception(bytes(e.object).decode("utf-8", "backslashreplace")))
+    return first_line(e)
 
 
 class SqliteReader(Reader):
@@ -24,7 +32,7 @@ class SqliteReader(Reader):
         require_file(path)
         if options.table and options.query:
             raise self.fail("pass --table or --query, not both")
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        uri = f"file:{quote(native_path(path.resolve()))}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True)
             # Invalid UTF-8 becomes lone surrogates, reported on its row instead of failing the read.
@@ -32,8 +40,8 @@ class SqliteReader(Reader):
             self.conn.execute("PRAGMA query_only = ON")
             tables = [r[0] for r in self.conn.execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
-        except sqlite3.DatabaseError as e:
-            raise self.fail(f"not a readable SQLite database ({first_line(e)})") from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
+            raise self.fail(f"not a readable SQLite database ({_said(e)})") from None
         if options.query:
             self.sql = options.query
             self.description = "SQLite query"
@@ -45,12 +53,20 @@ class SqliteReader(Reader):
                 table = tables[0]
             elif table not in tables:
                 raise self.fail(f"no table {show(table, 40)} (tables: {show_names(tables) or 'none'})")
+            try:
+                table.encode("utf-8")
+            except UnicodeEncodeError:  # sqlite3 takes SQL as UTF-8 only: such a table cannot be named
+                raise self.name_error(table, "the table name") from None
             self.sql = f"SELECT * FROM {_quote_ident(table)}"
             self.description = f"SQLite table {show(table, 40)}"
         try:
             self.cursor = self.conn.execute(self.sql)
         except sqlite3.Error as e:
-            raise self.fail(f"query failed: {first_line(e)}") from None
+            raise self.fail(f"query failed: {_said(e)}") from None
+        except UnicodeDecodeError as e:  # sqlite3 decodes the result's column names, strictly
+            raise self.name_error(e.object) from None
+        except UnicodeEncodeError:  # a --query from a command line that was not UTF-8
+            raise self.fail("the query is not valid UTF-8") from None
         if self.cursor.description is None:
             raise self.fail("the query returns no rows (not a SELECT?)")
         self._names = [d[0] for d in self.cursor.description]
@@ -60,6 +76,7 @@ class SqliteReader(Reader):
         return self._names
 
     def raw_chunks(self, needed: list[str], chunk_size: int) -> Iterator[RawChunk]:
+        self.check_needed(needed)
         index = [self._names.index(c) for c in needed]
         row = 0
         try:
@@ -74,8 +91,8 @@ class SqliteReader(Reader):
                 chunk.rows = chunk.locs
                 row += len(records)
                 yield chunk
-        except sqlite3.Error as e:
-            raise self.fail(f"read failed after row {row}: {first_line(e)}") from None
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise self.fail(f"read failed after row {row}: {_said(e)}") from None
         finally:
             self.conn.close()
         if row == 0:
