@@ -70,6 +70,11 @@ def test_own_file_end_to_end(tmp_path, capsys, monkeypatch, suffix):
     assert f"data {len(given) - n_dev} train / {n_dev} dev pairs, held out from pairs{suffix}, seed 42;" in said
 
     monkeypatch.chdir(elsewhere)  # every later command from another folder, with no column flag
+    if full:  # the same command rerun from elsewhere (a requeued job): the same run, already finished
+        out, err = run_cli(capsys, "train", "--data", f"../home/pairs{suffix}", *COLUMNS, "--out", "../home/run",
+                         "--epochs", "1", "--adapter", "lora", "--max-length", "48", "--dev-fraction", "0.25",
+                         "--lr", "5e-3", "--resume-if-exists")
+        assert "this run already finished" in out + err
     metrics, err = run_cli(capsys, "eval", run, "--data", new)
     assert "reading s1=question_a, s2=question_b, score=similarity, score range 0:1 as the model was trained" in err
     run_cli(capsys, "export", run, "--onnx", "--out", "fp32")
