@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import write_stsb_slice
+from conftest import stsb_rows, write_pairs, write_stsb_slice
 from toolkit.metrics import evaluate_predictions
 from toolkit.model import ModelConfig
 from toolkit.run import load_run
@@ -246,15 +246,21 @@ def _history(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / "metrics.json").read_text())["history"]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, small_stsb):
-    args = ["--train", str(small_stsb["train"]), "--dev", str(small_stsb["dev"]), "--limit", "96", "--epochs", "2",
-            "--batch-size", "8", "--max-length", "64", "--patience", "0", "--save-steps", "3"]
-    ref = subprocess.run(toolkit_cmd("train", *args, "--out", str(tmp_path / "ref")), env=ENV, capture_output=True,
-                         text=True, timeout=600)
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    """A user's own file (its own column names, one file: the dev share held out), the run started with
+    a relative path and resumed from another folder: the resume reads the same split, as recorded."""
+    rows = [{"a": r[5], "b": r[6], "sim": float(r[4])} for r in stsb_rows("train", 120)]
+    write_pairs(tmp_path / "own.csv", rows)
+    args = ["--data", "own.csv", "--s1-col", "a", "--s2-col", "b", "--score-col", "sim", "--score-range", "0:5",
+            "--dev-fraction", "0.2", "--epochs", "2", "--batch-size", "8", "--max-length", "64", "--patience", "0",
+            "--save-steps", "3"]
+    ref = subprocess.run(toolkit_cmd("train", *args, "--out", "ref"), env=ENV, capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    assert json.loads((tmp_path / "ref" / "config.json").read_text())["resolved"]["train_rows"] == 96
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(toolkit_cmd("train", *args, "--out", str(run)), env=ENV,
+    proc = subprocess.Popen(toolkit_cmd("train", *args, "--out", "killed"), env=ENV, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_file = run / "checkpoint" / "trainer_state.json"
     try:
@@ -275,8 +281,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, small_stsb
             proc.kill()
     assert not (run / "metrics.json").exists()
 
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     resumed = subprocess.run(toolkit_cmd("train", "--resume", str(run)), env=ENV, capture_output=True, text=True,
-                             timeout=600)
+                             timeout=600, cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from checkpoint: epoch 2" in resumed.stderr + resumed.stdout
     a, b = _history(tmp_path / "ref"), _history(run)
