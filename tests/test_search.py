@@ -1,4 +1,4 @@
-"""``toolkit search`` on a small slice: trials on dev only, the best re-run per seed and scored on
+"""``toolkit search`` on a small slice of one file (its dev share held out): trials on dev only, the best re-run per seed and scored on
 test; a search killed between a trial's training and its record resumes to the trials and results
 of an uninterrupted search (no trial lost or counted twice); a finished search rerun does nothing."""
 from __future__ import annotations
@@ -17,8 +17,8 @@ pytest.importorskip("optuna")
 def _search(out, small_stsb, crash: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "TOOLKIT_CRASH_AT": crash}
     return subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", "search", "--train", str(small_stsb["train"]), "--dev",
-         str(small_stsb["dev"]), "--test", str(small_stsb["test"]), "--limit", "32", "--max-length", "40",
+        [sys.executable, "-m", "toolkit.cli", "search", "--data", str(small_stsb["train"]), "--dev-fraction",
+         "0.25", "--test", str(small_stsb["test"]), "--limit", "32", "--max-length", "40",
          "--batch-size", "8", "--epochs", "1", "--patience", "0", "--trials", "3", "--epoch-choices", "1",
          "--lr-min", "1e-4", "--lr-max", "1e-2", "--seeds", "1", "2", "3", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=900)
@@ -45,6 +45,10 @@ def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small
     assert want["summary"]["test"][1] == pytest.approx(np.std(tests, ddof=1), abs=1e-12)
     assert (tmp_path / "whole" / "search.png").stat().st_size > 10_000
     assert "trial 3/3" in whole.stderr and "ETA" in whole.stderr
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "whole").rglob("config.json")]
+    assert len(runs) == 6  # every trial and seed run selected on the 8 pairs held out of the one file
+    assert all(r["data"]["dev"] is None and (r["resolved"]["train_rows"], r["resolved"]["dev_rows"]) == (24, 8)
+               for r in runs), [r["resolved"] for r in runs]
 
     killed = _search(tmp_path / "killed", small_stsb, crash="search.trained:2")
     assert killed.returncode == -9
