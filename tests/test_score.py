@@ -12,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -332,15 +334,32 @@ def test_a_datasets_folder_scores_as_its_jsonl_copy_and_resumes(tmp_path, models
 
 
 # -- one job per output; no thread left behind -------------------------------------------------------------
-def _wait_stopped(proc: subprocess.Popen) -> None:
-    """Wait until ``proc`` has stopped itself at its TOOLKIT_STOP_AT point (it holds still there)."""
+@contextmanager
+def _held(cmd: list[str], point: str) -> Iterator[tuple[subprocess.Popen, Callable[[], None]]]:
+    """A job started with ``cmd`` and held still at its TOOLKIT_STOP_AT ``point`` (its lock taken)
+    while the block runs: (the process, a call that lets it finish and checks it exits 0). A job
+    still there when the block leaves (a failed assertion) is killed."""
     import psutil
 
-    deadline = time.monotonic() + 300
-    while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
-        assert proc.poll() is None, f"exited ({proc.returncode}) before its stop point"
-        assert time.monotonic() < deadline, "never reached its stop point"
-        time.sleep(0.01)
+    proc = subprocess.Popen(cmd, env={**ENV, "TOOLKIT_STOP_AT": point}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+    def finish() -> None:
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+
+    try:
+        deadline = time.monotonic() + 300
+        while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
+            assert proc.poll() is None, f"exited ({proc.returncode}) before its stop point"
+            assert time.monotonic() < deadline, "never reached its stop point"
+            time.sleep(0.01)
+        yield proc, finish
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _refused_by(proc: subprocess.CompletedProcess, out: object) -> str:
@@ -359,10 +378,7 @@ def test_a_second_job_on_an_output_is_refused_while_the_first_runs(tmp_path, mod
     ended, the second is an ordinary rerun."""
     out = tmp_path / "out" / "scores.parquet"
     cmd = _cmd(models["bundle"], small_pairs, out)
-    first = subprocess.Popen(cmd, env={**ENV, "TOOLKIT_STOP_AT": "score.manifest-updated:2"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_stopped(first)  # two parts and the manifest written, the lock held
+    with _held(cmd, "score.manifest-updated:2") as (first, finish):  # two parts and the manifest written
         parts = Path(f"{out}.parts")
         held = {p.name: p.read_bytes() for p in parts.iterdir()}
         for extra in ([], ["--restart"]):
@@ -370,13 +386,7 @@ def test_a_second_job_on_an_output_is_refused_while_the_first_runs(tmp_path, mod
             line = _refused_by(second, out)
             assert f"(pid {first.pid} on " in line and "score" in line, line
         assert {p.name: p.read_bytes() for p in parts.iterdir()} == held
-        first.send_signal(signal.SIGCONT)
-        _, err = first.communicate(timeout=600)
-        assert first.returncode == 0, err[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        finish()
     assert sorted(p.name for p in out.parent.iterdir()) == ["scores.parquet"]  # no parts, no lock file
     ref = score_file(str(models["bundle"]), str(small_pairs), str(tmp_path / "ref.parquet"),
                      SourceOptions(columns=Columns(id_col="pair_id"), need_score=False),
@@ -401,10 +411,7 @@ def test_shards_of_a_folder_run_side_by_side_and_other_jobs_on_it_are_refused(tm
     def shard(which: str, *extra: str) -> list[str]:
         return _cmd(models["bundle"], small_pairs, f"{out}/", "--shard", which, *extra)
 
-    first = subprocess.Popen(shard("0/2"), env={**ENV, "TOOLKIT_STOP_AT": "score.manifest-updated:1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_stopped(first)
+    with _held(shard("0/2"), "score.manifest-updated:1") as (first, finish):
         other = subprocess.run(shard("1/2"), env=ENV, capture_output=True, text=True, timeout=600)
         assert other.returncode == 0, other.stderr[-2000:]
         same = _refused_by(subprocess.run(shard("0/2"), env=ENV, capture_output=True, text=True, timeout=600), out)
@@ -416,13 +423,7 @@ def test_shards_of_a_folder_run_side_by_side_and_other_jobs_on_it_are_refused(tm
         with pytest.raises(ToolkitError, match=r"another toolkit score job is writing it \(jobs scoring shards"):
             score_ray(str(models["bundle"]), str(small_pairs), str(out), SourceOptions(),
                       ScoreConfig(progress=False, restart=True), RayConfig())
-        first.send_signal(signal.SIGCONT)
-        _, err = first.communicate(timeout=600)
-        assert first.returncode == 0, err[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        finish()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no lock file beside it
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"shard-00{i}-of-002-manifest.json" for i in (0, 1)]
