@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 import roofline  # noqa: E402
 from machine_info import cpu_info  # noqa: E402
+from toolkit import openvino_engine  # noqa: E402
 from toolkit.bundle import Bundle  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 from toolkit.export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
@@ -165,32 +166,41 @@ class Bench:
         return bundle
 
     def toolkit_rows(self) -> None:
+        """``toolkit score`` on each graph candidate and engine: ONNX Runtime on every bundle, OpenVINO (bf16
+        where the CPU has it, else f32; throughput hint) on the fp32 bundle, and what ``--runtime auto`` chose
+        for the fp32 and the default int8 bundle (its measurement kept out of the timing: it runs once per
+        machine, before the warm-up)."""
         a = self.args
-        cfg = ScoreConfig(threads=a.threads, batch_size=a.batch_size, restart=True, progress=False)
-        for variant in ("fp32", "int8"):
-            for attention in ("plain", "fused"):
-                bundle = self.bundle(attention, variant)
-                if isinstance(bundle, str):
-                    print(f"[{self.name}] {attention} {variant}: {bundle}", file=sys.stderr)
-                    self.rows.append({"scorer": f"toolkit score, {variant}, attention {attention}", "kind": "none",
-                                      "why": bundle})
-                    continue
-                meta = json.loads((bundle / "metadata.json").read_text())
-                summaries = []
-                score_file(str(bundle), str(self.test_file), str(self.out / "warm.parquet"), self.options, cfg)
-                seconds = timed(lambda: summaries.append(score_file(str(bundle), str(self.data),
-                                                                    str(self.out / "scores.parquet"),
-                                                                    self.options, cfg)), a.repeats)
-                summary = sorted(summaries, key=lambda s: s.seconds)[len(summaries) // 2]
-                score_file(str(bundle), str(self.test_file), str(self.out / "test.parquet"), self.options, cfg)
-                test_scores = pq.read_table(self.out / "test.parquet").column("score").to_numpy()
-                self.say({"scorer": f"toolkit score, {variant}, attention {attention}", "kind": "toolkit",
-                          "variant": variant, "attention": attention, "bundle": str(bundle),
-                          "default": ExportConfig(quantize="int8" if variant == "int8" else None)
-                          .attention_for(self.arch) == attention,
-                          "pairs_per_s": len(self.s1) / seconds, "timing": summary.timing, "wall_s": summary.seconds,
-                          "test_spearman": spearman(test_scores, self.test.scores),
-                          "ops": meta["fused_operators"]})
+        ov = [("openvino", "fp32", "plain")] if openvino_engine.available() else []
+        for runtime, variant, attention in [("onnxruntime", v, att) for v in ("fp32", "int8")
+                                            for att in ("plain", "fused")] + ov + \
+                [("auto", "fp32", "plain"), ("auto", "int8", ExportConfig(quantize="int8").attention_for(self.arch))]:
+            name = f"toolkit score --runtime {runtime}, {variant} bundle, attention {attention}"
+            bundle = self.bundle(attention, variant)
+            if isinstance(bundle, str):
+                print(f"[{self.name}] {name}: {bundle}", file=sys.stderr)
+                self.rows.append({"scorer": name, "kind": "none", "why": bundle})
+                continue
+            meta = json.loads((bundle / "metadata.json").read_text())
+            cfg = ScoreConfig(threads=a.threads, batch_size=a.batch_size, restart=True, progress=False,
+                              runtime=runtime)
+            summaries, said = [], []
+            score_file(str(bundle), str(self.test_file), str(self.out / "warm.parquet"), self.options, cfg,
+                       log=said.append)
+            seconds = timed(lambda: summaries.append(score_file(str(bundle), str(self.data),
+                                                                str(self.out / "scores.parquet"),
+                                                                self.options, cfg)), a.repeats)
+            summary = sorted(summaries, key=lambda s: s.seconds)[len(summaries) // 2]
+            score_file(str(bundle), str(self.test_file), str(self.out / "test.parquet"), self.options, cfg)
+            test_scores = pq.read_table(self.out / "test.parquet").column("score").to_numpy()
+            if runtime == "auto":
+                name += f" (chose {summary.backend})"
+            self.say({"scorer": name, "kind": "toolkit", "runtime": runtime, "variant": variant,
+                      "attention": attention, "bundle": str(bundle), "backend": summary.backend, "choice": said,
+                      "default": runtime == "auto" and variant == "int8",
+                      "pairs_per_s": len(self.s1) / seconds, "timing": summary.timing, "wall_s": summary.seconds,
+                      "test_spearman": spearman(test_scores, self.test.scores),
+                      "ops": meta["fused_operators"]})
 
     def openvino_rows(self) -> None:
         a = self.args
@@ -208,7 +218,8 @@ class Bench:
                                 str(a.threads), "--batch-size", str(a.batch_size), "--out", str(result)], check=True)
                 runs.append(json.loads(result.read_text()))
             got = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-            label = "fp32" if precision == "fp32" else "int8 (NNCF static, transformer preset)"
+            label = (f"defaults (runs {got['inference_precision']})" if precision == "fp32"
+                     else "int8 (NNCF static, transformer preset)")
             self.say({"scorer": f"OpenVINO {got['openvino'].split('-')[0]} {label}", "kind": "openvino",
                       "variant": precision, "pairs_per_s": got["pairs_per_s"],
                       "inference_precision": got["inference_precision"],
@@ -295,7 +306,7 @@ def roofline_lines(benches: list[Bench], peaks: dict) -> list[str]:
              "% of GEMM peak (wall / inference) |", "|---|---:|---:|---:|---:|---:|"]
     for bench in benches:
         work = bench.work()
-        for r in (r for r in bench.rows if r["kind"] == "toolkit"):
+        for r in (r for r in bench.rows if r["kind"] == "toolkit" and r["runtime"] == "onnxruntime"):
             wall = work["macs_per_pair"] * r["pairs_per_s"]
             infer = work["macs_per_pair"] * len(bench.s1) / r["timing"]["run"]
             peak = peaks[r["variant"]]["peak"]
@@ -368,7 +379,7 @@ def main() -> int:
         report += split_lines(benches[0], args.split_pairs, out, args)
     for bench in benches:
         for r in (r for r in bench.rows if r["kind"] == "toolkit"):
-            report.append(f"{bench.name} {r['variant']} {r['attention']}: time split "
+            report.append(f"{bench.name} {r['backend']}, attention {r['attention']}: time split "
                           + ", ".join(f"{k} {100 * v / r['wall_s']:.0f}%" for k, v in r["timing"].items()))
     if "rss" in args.parts:
         report += rss_lines(benches[0], out, args)

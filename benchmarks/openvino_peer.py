@@ -10,6 +10,8 @@ de-duplication and the cosine are then the toolkit's own code, and only the engi
     python benchmarks/openvino_peer.py BUNDLE RAW.onnx --precision int8 --pairs P.parquet \
         --test T.parquet --threads 2 --out result.json
 
+fp32 is OpenVINO as a user runs it: its defaults (the latency hint, one stream; bf16 inference where the
+CPU has AMX or AVX512-BF16, which it reports as ``inference_precision``), the thread count given.
 int8 is NNCF's post-training static quantisation with the transformer preset
 (``model_type=TRANSFORMER``), calibrated on the pairs file's own first rows, as OpenVINO's and
 sentence-transformers' documentation do it.

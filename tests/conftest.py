@@ -5,12 +5,16 @@ import csv
 import json
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# what --runtime auto measures and remembers: this test session's own (and its subprocesses'), not the
+# user's cache, so that no earlier choice decides a test
+os.environ["TOOLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-test-cache-")
 # Without a GPU the Triton kernels run in Triton's interpreter; it is chosen when a kernel is
 # defined, so it must be set before anything imports toolkit.kernels (the kernels/ folder).
 if not torch.cuda.is_available():

@@ -184,7 +184,7 @@ LAYERS = 6  # MiniLM-L6
 def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev, cross_exports, bundle_dir):
     """The graph each precision and architecture gets by default (chosen by measurement, RESULTS.md),
     pinned: an exporter or ONNX Runtime upgrade that changes it fails here, not silently in throughput."""
-    plain_fp32 = {"exporter": "dynamo", "attention": "plain", "quantized_ops": []}
+    plain_fp32 = {"exporter": "dynamo", "attention": "plain", "quantized_ops": [], "fp32_matmuls": 0}
     # cross-encoder fp32, merged LoRA and unmerged (the adapters library's model): plain ops
     for name in ("merged", "cross-lora"):
         assert cross_exports[f"meta-{name}"]["graph"] == plain_fp32
@@ -192,10 +192,13 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
     assert (ops["Attention"], ops["Softmax"], ops["SkipLayerNormalization"], ops["BiasGelu"]) == (0, LAYERS, 12, 6)
     # cross-encoder int8: TorchScript export + ORT's fusion, one Attention per layer, quantised (QAttention)
     meta = _export(cross_exports["merged"], tmp_path / "int8", small_stsb, quantize="int8")
+    # (where the gate refused it at first, the FFN output projections stay fp32: MatMul, one per layer)
+    kept = meta["graph"].pop("fp32_matmuls")
     assert meta["graph"] == {"exporter": "torchscript", "attention": "fused", "quantized_ops": ["MatMul", "Attention"]}
+    assert kept in (0, LAYERS)
     ops = _ops(tmp_path / "int8")
-    assert (ops["QAttention"], ops["Attention"], ops["MatMul"], ops["Softmax"]) == (LAYERS, 0, 0, 0)
-    assert ops["MatMulInteger"] == 3 * LAYERS + 2  # output projection and FFN per layer; pooler, head
+    assert (ops["QAttention"], ops["Attention"], ops["MatMul"], ops["Softmax"]) == (LAYERS, 0, kept, 0)
+    assert ops["MatMulInteger"] == 3 * LAYERS + 2 - kept  # output projection and FFN per layer; pooler, head
     assert ops["EmbedLayerNormalization"] == 1
     reference = load_model(str(cross_exports["merged"])).predictor(device="cpu").predict(dev.s1, dev.s2)
     assert np.max(np.abs(Bundle.load(tmp_path / "int8", threads=2).predict(dev.s1, dev.s2) - reference)) < 0.5
@@ -215,8 +218,14 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
 def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):
     with pytest.raises(ToolkitError, match=r"export refused: ONNX Runtime differs from PyTorch .* \(limit 1e-12\)"):
         _export(runs["bi-seq_bn"], tmp_path / "b", small_stsb, max_abs_diff=1e-12)
+    lines: list[str] = []
     with pytest.raises(ToolkitError, match=r"export refused: int8 loses .* Spearman points"):
-        _export(runs["bi-seq_bn"], tmp_path / "c", small_stsb, quantize="int8", max_spearman_drop=-100.0)
+        _export(runs["bi-seq_bn"], tmp_path / "c", small_stsb, log=lines.append, quantize="int8",
+                max_spearman_drop=-100.0)
+    # a refused int8 export is tried once more with each layer's FFN output projection (1536 -> 384) in fp32
+    (retry,) = [line for line in lines if "quantising again" in line]
+    assert retry.startswith("export refused: int8 loses") and retry.endswith("FFN output projection in fp32")
+    assert any("but for 6 FFN output projections (fp32)" in line for line in lines), lines
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # nothing half-written
 
 
@@ -233,7 +242,7 @@ def test_bundle_runs_without_torch(tmp_path, bundle_dir, runs, small_stsb):
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
     proc = _cli("eval", str(bundle_dir), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / "m.json"),
-                no_torch=True)
+                "--runtime", "onnxruntime", no_torch=True)  # fp32 as exported (auto may serve bf16)
     assert proc.returncode == 0, proc.stderr[-2000:]
     onnx_metrics = json.loads((tmp_path / "m.json").read_text())
     proc = _cli("eval", str(runs["bi-seq_bn"]), "--data", str(small_stsb["dev"]), "--json", str(tmp_path / "t.json"))
@@ -296,16 +305,17 @@ def test_every_command_takes_a_run_a_merged_folder_and_a_bundle(tmp_path, runs, 
     capsys.readouterr()
     for kind, path in kinds.items():
         json_path = tmp_path / f"{kind}.json"
-        assert main(["eval", str(path), "--data", str(small_stsb["dev"]), "--json", str(json_path)]) == 0
+        exact = ["--runtime", "onnxruntime"]  # fp32 as exported (auto may serve bf16: test_runtimes.py)
+        assert main(["eval", str(path), "--data", str(small_stsb["dev"]), "--json", str(json_path), *exact]) == 0
         metrics = json.loads(json_path.read_text())
         assert metrics["n"] == len(want)
-        assert main(["predict", str(path), dev_pairs.s1[3], dev_pairs.s2[3]]) == 0
+        assert main(["predict", str(path), dev_pairs.s1[3], dev_pairs.s2[3], *exact]) == 0
         out = capsys.readouterr()
         assert float(out.out.strip().splitlines()[-1]) == pytest.approx(want[3], abs=1e-3)
         if kind == "bundle":  # the provider serving a bundle is said
             assert "on onnxruntime CPUExecutionProvider, fp32 bundle" in out.err
         assert main(["score", str(path), str(small_stsb["dev"]), "-o", str(tmp_path / f"{kind}.parquet"),
-                     "--quiet"]) == 0
+                     "--quiet", *exact]) == 0
         scores = pq.read_table(tmp_path / f"{kind}.parquet").column("score").to_numpy()
         np.testing.assert_allclose(scores, want, atol=1e-4)
     for name in ("bundle-cross-lora", "bundle-merged"):

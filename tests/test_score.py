@@ -82,7 +82,8 @@ def test_every_format_in_and_out_keeps_ids_and_order(tmp_path, models, pairs):
                                                                 [r["sentence2"] for r in rows])
     for ext_in, ext_out in ((".parquet", ".csv"), (".csv", ".jsonl"), (".tsv", ".parquet"), (".jsonl", ".tsv")):
         out = tmp_path / f"scores-{ext_in[1:]}{ext_out}"
-        summary = _score(models["bundle"], pairs["dir"] / f"pairs{ext_in}", out, keep_cols=("genre",))
+        summary = _score(models["bundle"], pairs["dir"] / f"pairs{ext_in}", out, keep_cols=("genre",),
+                         runtime="onnxruntime")  # the reference's engine (auto may serve bf16: test_runtimes.py)
         assert summary.written == summary.rows == 300 and summary.bad == 0
         got = _read(out)
         assert [i for i, _ in got] == [r["pair_id"] for r in rows]  # order and ids as given

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
+from .choices import Runtime
 from .config_io import field_hints
 from .errors import ToolkitError
 
@@ -225,26 +226,27 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
 
 
 def load(path: str | Path, batch_size: int = 128, provider: str = "auto", threads: Optional[int] = None,
-         trust_remote_code: bool = False):
+         trust_remote_code: bool = False, runtime: Runtime = "auto", say: Say = None):
     """A model ready to score pairs, whatever ``path`` holds (run, merged folder, ONNX bundle):
     ``predict(pairs)`` or ``predict(s1, s2)`` gives scores on the user's scale."""
     from .load import load_model
 
-    model = load_model(path, trust_remote_code=trust_remote_code, provider=provider, threads=threads)
+    model = load_model(path, trust_remote_code=trust_remote_code, provider=provider, threads=threads, runtime=runtime,
+                       log=say)
     return model.predictor(batch_size=batch_size)
 
 
-def _open(model: str, provider: str, trust_remote_code: bool, say: Say):
+def _open(model: str, provider: str, runtime: str, trust_remote_code: bool, say: Say):
     from .load import load_model
 
-    opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider)
+    opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider, runtime=runtime, log=say)
     if hasattr(opened, "describe"):
         (say or _quiet)(f"model: {model} on {opened.describe()}")
     return opened
 
 
 def predict(model: str, sentence1: str, sentence2: str, *, provider: Literal["auto", "cpu", "cuda"] = "auto",
-            trust_remote_code: bool = False, say: Say = None) -> float:
+            runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None) -> float:
     """The score of one pair.
 
     Args:
@@ -252,17 +254,19 @@ def predict(model: str, sentence1: str, sentence2: str, *, provider: Literal["au
         sentence1: first sentence
         sentence2: second sentence
         provider: ONNX Runtime provider for a bundle (auto: CPU for int8, CUDA for fp32/fp16 where it runs)
+        runtime: what runs a bundle's graph: onnxruntime, openvino (fp32 bundles; the openvino extra), or auto:
+            the fastest that passes the bundle's gate on this machine, measured once and remembered
         trust_remote_code: allow a model folder's own code (auto_map)
     """
     if not sentence1.strip() or not sentence2.strip():
         raise ToolkitError("predict: both sentences must be non-empty")
-    opened = _open(model, provider, trust_remote_code, say)
+    opened = _open(model, provider, runtime, trust_remote_code, say)
     return float(opened.predictor().predict([sentence1], [sentence2])[0])
 
 
 def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str] = None,
              plot: Optional[str] = None, provider: Literal["auto", "cpu", "cuda"] = "auto",
-             trust_remote_code: bool = False, say: Say = None, **options: Any) -> dict:
+             runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None, **options: Any) -> dict:
     """Metrics (MSE, RMSE, MAE, Pearson, Spearman with bootstrap intervals, per group) of ``model``
     on a gold pair file; bad rows skipped and metric warnings go to ``say``.
 
@@ -273,12 +277,14 @@ def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str
         json: write the metrics here
         plot: write a predicted-vs-gold PNG here
         provider: ONNX Runtime provider for a bundle (auto: CPU for int8, CUDA for fp32/fp16 where it runs)
+        runtime: what runs a bundle's graph: onnxruntime, openvino (fp32 bundles; the openvino extra), or auto:
+            the fastest that passes the bundle's gate on this machine, measured once and remembered
         trust_remote_code: allow a model folder's own code (auto_map)
     """
     from .evaluate import evaluate_file
 
     (source,) = configs("evaluate", options)
-    opened = _open(model, provider, trust_remote_code, say)
+    opened = _open(model, provider, runtime, trust_remote_code, say)
     source = _as_trained(model, source, say)
     metrics, warnings, skipped = evaluate_file(opened, _data_path(data, "test"), source, batch_size=batch_size,
                                                json_path=json, plot_path=plot)
@@ -347,7 +353,7 @@ def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = 
         return score_ray(str(model), data, out, source, cfg, ray_cfg)
     from .score import score_file
 
-    return score_file(str(model), data, out, source, cfg)
+    return score_file(str(model), data, out, source, cfg, log=say)
 
 
 def _eval_set(text: str, role: str, split: str):

@@ -1,6 +1,8 @@
 """Run an exported bundle with only onnxruntime, tokenizers and numpy: no torch, no transformers.
 
-A bundle is ``model.onnx`` + ``tokenizer.json`` + ``metadata.json`` (written by ``toolkit.export``).
+A bundle is ``model.onnx`` + ``tokenizer.json`` + ``metadata.json`` (written by ``toolkit.export``), and
+``gate.json``: the pairs, gold and PyTorch scores its export gate compared on, carried so that another
+engine or precision (OpenVINO; ``runtimes``) is gated again on the machine that serves it.
 Loading checks the bundle before anything runs: every file present, each file's sha256 as the
 metadata records it, the graph's inputs and outputs as the metadata names them. A cross-encoder
 graph maps a tokenised pair to the normalised score; a bi-encoder graph maps a sentence to its
@@ -13,10 +15,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, get_args
 
 import numpy as np
 
+from .choices import Runtime
 from .errors import ToolkitError, first_line
 from .scorer import PairScorer, map_batches
 
@@ -35,6 +38,7 @@ def sha256_file(path: Path) -> str:
 
 
 PROVIDERS = ("auto", "cpu", "cuda")
+RUNTIMES = get_args(Runtime)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
@@ -57,6 +61,8 @@ def choose_providers(variant: str, provider: str, available: Sequence[str]) -> l
 
 class OnnxEngine:
     """Tokenises with ``tokenizers`` alone; runs one padded batch through the ONNX Runtime session."""
+
+    runtime = "onnxruntime"
 
     def __init__(self, session, tokenizer, metadata: dict):
         self.session = session
@@ -94,13 +100,18 @@ class OnnxEngine:
 
     map_batches = staticmethod(map_batches)
 
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
 
 class Bundle(PairScorer):
-    """A verified bundle on the one scoring path (``predict``, ``encode``/``score_encoded``)."""
+    """A verified bundle on the one scoring path (``predict``, ``encode``/``score_encoded``), served by
+    the engine ``load`` chose (``runtimes``: ONNX Runtime, or OpenVINO for fp32 bundles)."""
 
-    def __init__(self, folder: Path, metadata: dict, session, tokenizer):
+    def __init__(self, folder: Path, metadata: dict, engine: OnnxEngine, batch_size: int = 64):
         labels = metadata["labels"]
-        super().__init__(OnnxEngine(session, tokenizer, metadata), labels["offset"], labels["scale"], batch_size=64)
+        super().__init__(engine, labels["offset"], labels["scale"], batch_size=batch_size)
         self.folder = folder
         self.metadata = metadata
 
@@ -109,24 +120,48 @@ class Bundle(PairScorer):
         return self.engine.session
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto") -> "Bundle":
+    def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto",
+             runtime: str = "onnxruntime", log: Optional[Callable[[str], None]] = None) -> "Bundle":
+        """The bundle, verified, on ``runtime``: onnxruntime, openvino, or auto (the fastest engine that
+        passes the bundle's gate on this machine, measured once and remembered; ``log`` hears why)."""
+        import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        from . import runtimes
+
+        if runtime not in RUNTIMES:
+            raise ToolkitError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         folder = Path(folder)
         metadata = _verified_metadata(folder)
-        session = _session(folder, metadata, threads, provider)
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
         tokenizer.enable_truncation(int(metadata["max_length"]))
         tokenizer.no_padding()
-        return cls(folder, metadata, session, tokenizer)
+
+        def build(candidate: runtimes.Candidate) -> "Bundle":
+            if candidate.runtime == "onnxruntime":
+                return cls(folder, metadata, OnnxEngine(_session(folder, metadata, threads, provider), tokenizer,
+                                                        metadata))
+            from .openvino_engine import OpenVinoEngine, compile_bundle
+
+            compiled = compile_bundle(folder / MODEL, candidate.precision, "throughput", threads)
+            check_graph_io(folder / MODEL, metadata, [i.get_any_name() for i in compiled.inputs],
+                           [name for o in compiled.outputs for name in o.get_names()])
+            return cls(folder, metadata, OpenVinoEngine(compiled, tokenizer, metadata, candidate.precision,
+                                                        "throughput"))
+
+        on_cuda = choose_providers(str(metadata.get("variant")), provider, ort.get_available_providers())[0] == CUDA
+        _, bundle = runtimes.choose(folder, metadata, runtime, threads, 64, on_cuda, build, log or (lambda _: None))
+        return bundle
 
     @property
     def provider(self) -> str:
-        """The execution provider serving this bundle (ONNX Runtime's name)."""
-        return self.session.get_providers()[0]
+        """Where this bundle runs: ONNX Runtime's execution provider, or OpenVINO's CPU plugin."""
+        return self.engine.provider
 
     def describe(self) -> str:
-        return f"onnxruntime {self.provider}, {self.metadata.get('variant')} bundle"
+        """What serves the bundle, as far as it changes the scores (a scoring job's fingerprint)."""
+        return f"{self.engine.runtime} {self.provider}, {self.metadata.get('variant')} bundle" + (
+            f" at {self.engine.precision}" if self.engine.runtime == "openvino" else "")
 
     # -- the Run-like interface eval and predict use ----------------------------------------------------
     @property
@@ -180,10 +215,14 @@ def _session(folder: Path, metadata: dict, threads: Optional[int], provider: str
         session = ort.InferenceSession(str(folder / MODEL), options, providers=chosen)
     except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
         raise ToolkitError(f"{folder / MODEL}: onnxruntime cannot load it ({first_line(e)})") from None
-    got_inputs = [i.name for i in session.get_inputs()]
-    if sorted(got_inputs) != sorted(metadata["inputs"]):
-        raise ToolkitError(f"{folder / MODEL}: graph inputs {got_inputs} are not the bundle's {metadata['inputs']}")
-    got_outputs = [o.name for o in session.get_outputs()]
-    if metadata["output"] not in got_outputs:
-        raise ToolkitError(f"{folder / MODEL}: graph outputs {got_outputs} lack {metadata['output']!r}")
+    check_graph_io(folder / MODEL, metadata, [i.name for i in session.get_inputs()],
+                   [o.name for o in session.get_outputs()])
     return session
+
+
+def check_graph_io(path: Path, metadata: dict, inputs: list[str], outputs: list[str]) -> None:
+    """The graph's inputs and outputs as the metadata names them (whichever engine read the graph)."""
+    if sorted(inputs) != sorted(metadata["inputs"]):
+        raise ToolkitError(f"{path}: graph inputs {inputs} are not the bundle's {metadata['inputs']}")
+    if metadata["output"] not in outputs:
+        raise ToolkitError(f"{path}: graph outputs {outputs} lack {metadata['output']!r}")

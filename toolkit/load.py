@@ -35,13 +35,14 @@ def kind_of(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto",
-               provider: str = "auto", threads: Optional[int] = None):
-    """A ``Run`` (a run directory, or a merged folder as one) or a ``Bundle``, ready to predict."""
+               provider: str = "auto", threads: Optional[int] = None, runtime: str = "auto", log=None):
+    """A ``Run`` (a run directory, or a merged folder as one) or a ``Bundle``, ready to predict; a bundle
+    on ``runtime`` (``log`` hears what auto chose and why)."""
     kind = kind_of(path)
     if kind == "bundle":
         from .bundle import Bundle
 
-        return Bundle.load(path, threads=threads, provider=provider)
+        return Bundle.load(path, threads=threads, provider=provider, runtime=runtime, log=log)
     if kind == "merged":
         from .merge import load_merged_run
 

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from . import __version__
-from .choices import Provider
+from .choices import Provider, Runtime
 from .compare import differences, summarize
 from .errors import ToolkitError, first_line
 from .failpoints import crash_point
@@ -66,6 +66,9 @@ class ScoreConfig:
     progress: bool = True  # progress bar with rate and ETA (--quiet: none)
     provider: Provider = "auto"
     """ONNX Runtime provider for a bundle: auto = CPU for int8, CUDA for fp32/fp16 where onnxruntime has it"""
+    runtime: Runtime = "auto"
+    """what runs a bundle's graph: onnxruntime, openvino (fp32 bundles; the openvino extra), or auto = the fastest
+    that passes the bundle's gate on this machine, measured once and remembered (--engine ray: onnxruntime)"""
 
     def validate(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1:
@@ -112,7 +115,7 @@ class Scorer:
     """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread), both on the one
     scoring path (scorer.PairScorer) whatever the model."""
 
-    def __init__(self, model_path: str, cfg: ScoreConfig):
+    def __init__(self, model_path: str, cfg: ScoreConfig, log=None):
         from .load import kind_of, load_model, model_files
 
         kind = kind_of(model_path)
@@ -120,7 +123,8 @@ class Scorer:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        model = load_model(model_path, provider=cfg.provider, threads=cfg.threads)  # runs: fused kernel on CUDA
+        model = load_model(model_path, provider=cfg.provider, threads=cfg.threads, runtime=cfg.runtime,
+                           log=log)  # runs: fused kernel on CUDA
         self.predictor = model.predictor(batch_size=cfg.batch_size)
         self.backend = model.describe() if kind == "bundle" else f"pytorch ({self.predictor.device})"
         # what makes the scores what they are: the model's files and where it runs (provider, device);
@@ -349,17 +353,19 @@ class _Job:
         return self.parts_dir / f"{self.tag}{MANIFEST}"
 
 
-def score_file(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig) -> ScoreSummary:
-    """Score every pair of ``input_path`` into ``out`` (a file: .parquet/.csv/.tsv/.jsonl, or a folder)."""
+def score_file(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig,
+               log: Optional[Callable[[str], None]] = None) -> ScoreSummary:
+    """Score every pair of ``input_path`` into ``out`` (a file: .parquet/.csv/.tsv/.jsonl, or a folder);
+    ``log`` hears which engine serves a bundle and why (``--runtime auto``)."""
     cfg.validate()
     start = time.time()
     job = _Job.plan(out, cfg.shard)
     with output_lock(job.out, job.tag):  # before anything of the output is read: one job per output
-        return _score_job(model_path, input_path, out, options, cfg, job, start)
+        return _score_job(model_path, input_path, out, options, cfg, job, start, log)
 
 
 def _score_job(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig, job: _Job,
-               start: float) -> ScoreSummary:
+               start: float, log: Optional[Callable[[str], None]]) -> ScoreSummary:
     """``score_file``'s work, run while this job holds the output."""
     # shards take whole parts (part k -> shard k % n): each part is batched exactly as unsharded,
     # so the union of the shards is the unsharded output, scores included (int8's dynamic
@@ -369,7 +375,7 @@ def _score_job(model_path: str, input_path: str, out: str, options: SourceOption
     source = PairSource(input_path, options)
     if not job.to_dir and job.out.is_file() and not job.manifest.is_file() and not cfg.restart:
         raise ToolkitError(f"{out}: already exists (a finished output); pass --restart to score it again")
-    scorer = Scorer(model_path, cfg)
+    scorer = Scorer(model_path, cfg, log)
     identity = {"model": scorer.fingerprint, "input": _input_fingerprint(Path(input_path)),
                 "settings": _settings(options, cfg)}
     manifest = _open_manifest(job, identity, cfg.restart)

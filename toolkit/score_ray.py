@@ -226,6 +226,8 @@ def score_ray(model_path: str, input_path: str, out: str, options: SourceOptions
 def _score_ray(model_path: str, files: list[Path], input_path: str, out: str, options: SourceOptions,
                cfg: ScoreConfig, ray_cfg: RayConfig) -> ScoreSummary:
     options = dataclasses.replace(options, need_score=False, chunk_size=cfg.chunk_size, keep_cols=tuple(cfg.keep_cols))
+    if cfg.runtime == "auto":  # each actor measuring its candidates at once, on shared cores, would measure noise
+        cfg = dataclasses.replace(cfg, runtime="onnxruntime")
     start = time.time()
     tasks, summary, expected = plan_reads(files, Path(input_path), options)  # bad input fails here, before the cluster
     planned = time.time() - start
