@@ -5,14 +5,15 @@
 From an fp32 bundle (its gate: within 1e-4 of PyTorch), each candidate quantises the same graph's
 weight MatMuls; each is scored on STS-B dev (the export gate's pairs) and timed on them, tiled 4x
 (median of 3 after a warm-up), batch 64, length-sorted, through the toolkit's own PairScorer:
-- dynamic: what ``toolkit export --quantize int8`` did (weights int8 per channel, activations u8 per
+- dynamic: what ``toolkit export --quantize int8`` does first (weights int8 per channel, activations u8 per
   tensor, quantised at run time: MatMulInteger, fused by ONNX Runtime into DynamicQuantizeMatMul);
 - dynamic, FFN output in fp32: the same with the 1536->384 projection of each layer left in fp32
-  (its input, GELU's output, is what per-tensor activation quantisation handles worst);
+  (its input, GELU's output, is what per-tensor activation quantisation handles worst): what the
+  export retries with when the gate refuses the first;
 - static QDQ: ONNX Runtime's static quantisation (QuantizeLinear/DequantizeLinear pairs, activations
   calibrated with MinMax on 300 STS-B train pairs);
 - MatMulNBits 8-bit: weights int8 in blocks of 32 along K, activations quantised per block of 32 at
-  run time, int8 dot products (``accuracy_level`` 4): what ``toolkit export --quantize int8`` does now;
+  run time, int8 dot products (``accuracy_level`` 4);
 - ``--bundle``: an exported int8 bundle as is (e.g. the fused-attention graph).
 """
 from __future__ import annotations

@@ -58,7 +58,8 @@ def compile_model(raw: Path, bundle: Bundle, precision: str, calib: tuple[list, 
                               subset_size=len(feeds))
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     compiled = core.compile_model(model, "CPU", config)
-    return compiled, str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: its short name (f32, bf16)
+    return compiled, hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
 def read(path: str, n: int | None = None) -> tuple[list[str], list[str]]:

@@ -63,6 +63,8 @@ def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb):
     proc = toolkit("train", "--data", f"stsb:{stsb_dir}", "--limit", "120", "--epochs", "1", "--max-length", "64",
                    "--out", run)
     assert "parameters trainable" in proc.stderr + proc.stdout
+    assert "1 process, device cpu, fp32" in proc.stdout + proc.stderr  # no library's own warnings (DeepSpeed's on CPUs)
+    assert "WARNING" not in proc.stderr, proc.stderr[:2000]
     for name in ("config.json", "metrics.json", "train.log", "train_log.jsonl", "adapter/adapter.safetensors"):
         assert (run / name).is_file(), name
     proc = toolkit("eval", run, "--data", small_stsb["test"], "--json", tmp_path / "m.json",
@@ -196,6 +198,26 @@ def test_bad_config_file_is_one_line(tmp_path, text, expected):
 ])
 def test_earlier_spellings_resolve_to_the_same_options(old, new):
     assert _resolved(*old) == _resolved(*new)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["train", "--data", "d", "--bogus"], "toolkit train: Unrecognized options: --bogus"),
+    (["train", "--data", "d", "--epochs", "x"], "toolkit train: Error parsing --epochs: invalid literal for int()"),
+    (["score", "m", "f.csv", "-o", "x.csv", "--runtime", "tpu\nx"], "toolkit score: invalid choice 'tpu x'"),
+    (["score", "m", "f.csv", "-o", "x.csv", "--runtime", "tpu\x1b[31m"], "toolkit score: invalid choice 'tpu\\x1b[31m'"),
+    (["eval", "m"], "toolkit eval: Missing from toolkit eval"),
+])
+def test_usage_errors_are_one_line_like_the_others(args, expected):
+    """tyro draws its parse errors in a multi-line box; the CLI says them in one line like its own."""
+    proc = toolkit(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(expected) and proc.stderr.rstrip().endswith("--help: its options)"), proc.stderr
+    assert not set("╭╮╰╯│") & set(proc.stderr)
+
+
+def test_quiet_means_no_progress_bar_in_train_too():
+    assert _resolved("train", "--data", "d", "--out", "o", "--quiet")["progress"] is False
 
 
 def test_score_range_and_shard_errors_are_one_line():

@@ -177,7 +177,7 @@ def check(file: str, *, gold: bool = True, **options: Any):
 
 
 def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Optional[str] = None,
-          overwrite: bool = False, resume_if_exists: bool = False, **options: Any):
+          overwrite: bool = False, resume_if_exists: bool = False, progress: bool = True, **options: Any):
     """Train an adapter and regression head; returns the ``TrainResult`` (summary, dev predictions).
 
     Args:
@@ -189,16 +189,18 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
         overwrite: replace a run already in out
         resume_if_exists: if out already holds this run (same settings), continue it from its last checkpoint, or
             do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)
+        progress: progress bar with rate and ETA (--quiet: none; the log lines are printed either way)
     """
     from .train import resume as resume_run, train as train_run
 
     if resume:
-        return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")))
+        return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")), progress=progress)
     if not out:
         raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
     model_cfg, cfg, data_cfg = configs("train", options)
     _set_data(data_cfg, data)
-    return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists)
+    return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists,
+                     progress=progress)
 
 
 def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optional[str] = None, say: Say = None,

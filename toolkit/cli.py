@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Annotated, Callable, Optional, Sequence
 
 from .config_io import checked
-from .errors import ToolkitError, first_line, show, show_path
+from .errors import ToolkitError, escape, first_line, shorten, show, show_path
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,35 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], bool]:
             raise ToolkitError("--config needs a YAML file")
         default = _defaults_from(rest[i + 1], cls, name)
         del rest[i:i + 2]
-    parsed = tyro.cli(cls, args=rest, prog=f"toolkit {name}", default=default,
-                      config=(tyro.conf.OmitArgPrefixes,))
-    return name, flatten(parsed), print_config
+    return name, flatten(_tyro(cls, rest, name, default)), print_config
+
+
+BOX = str.maketrans("", "", "╭╮╰╯│─━┃┏┓┗┛")
+
+
+def _tyro(cls: type, args: list[str], name: str, default: Any) -> Any:
+    """tyro's parse, its usage errors as one line like every other error (tyro draws them in a box
+    over many lines and has no plain mode); --help as tyro prints it."""
+    import contextlib
+    import io
+
+    import tyro
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return tyro.cli(cls, args=args, prog=f"toolkit {name}", default=default,
+                            config=(tyro.conf.OmitArgPrefixes,))
+    except SystemExit as e:
+        if not e.code:
+            sys.stderr.write(said.getvalue())
+            raise
+        lines = said.getvalue().splitlines()
+        if lines and lines[0].startswith("╭"):  # the box's title repeats its first line
+            lines = lines[1:]
+        text = " ".join(" ".join(lines).translate(BOX).split())
+        text = text.split(" For full helptext")[0].split(" Argument helptext:")[0].strip(" :") or "cannot parse the options"
+        raise ToolkitError(f"toolkit {name}: {shorten(escape(text), 300)} (toolkit {name} --help: its options)") from None
 
 
 # -- commands: call the api function, print its result ----------------------------------------------------

@@ -79,6 +79,10 @@ def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = 
                      project_dir: Optional[Path] = None):
     """An Accelerator whose world matches torch.distributed's, on GPUs and on CPUs; ``log_with``:
     accelerate's trackers, writing under ``project_dir``."""
+    if not torch.cuda.is_available():
+        # DeepSpeed (when installed) finds no GPU and warns "Setting accelerator to CPU" on import;
+        # naming its CPU accelerator is the same choice, without the warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
@@ -120,6 +124,15 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor))
+
+
+def world(accelerator) -> str:
+    """The processes and how they share the work, as the summary line says it: "1 process",
+    "2 processes (multi_cpu)", "4 processes (deepspeed ZeRO-3)"."""
+    n = accelerator.num_processes
+    kind = accelerator.distributed_type.value.lower()
+    zero = f" ZeRO-{zero_stage(accelerator)}" if zero_stage(accelerator) else ""
+    return f"{n} process{'es' if n > 1 else ''}" + ("" if kind == "no" and not zero else f" ({kind}{zero})")
 
 
 def zero_stage(accelerator) -> int:

@@ -24,7 +24,7 @@ from .batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from .checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from .compare import differences, summarize
 from .config_io import from_dict
-from .distributed import gather_with_grad, gathered, make_accelerator, resolve_precision, zero_stage
+from .distributed import gather_with_grad, gathered, make_accelerator, resolve_precision, world, zero_stage
 from .errors import ToolkitError
 from .failpoints import crash_point
 from .io_utils import atomic_dir, read_json, write_json, write_text
@@ -319,13 +319,14 @@ class Session:
 
 def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, overwrite: bool = False,
           resume: bool = False, resume_if_exists: bool = False,
-          observe: Optional[Callable[[BatchSeen], None]] = None) -> TrainResult:
+          observe: Optional[Callable[[BatchSeen], None]] = None, progress: bool = True) -> TrainResult:
     """Train an adapter (or the full model) and write a self-describing run directory.
 
     ``resume`` continues ``out`` from its last checkpoint (model, optimiser, scheduler, RNG, step,
     early-stopping state, best weights): the result equals an uninterrupted run's.
     ``resume_if_exists`` makes a rerun of the same command continue (or, finished, leave) the run
-    in ``out``, and refuses one with other settings. ``observe`` sees every batch each process trains.
+    in ``out``, and refuses one with other settings. ``observe`` sees every batch each process trains;
+    ``progress``: the progress bar (the log lines are printed either way).
     """
     out = Path(out)
     model_cfg.validate()
@@ -358,7 +359,7 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
         accelerator.init_trackers("trackers", config=_scalars(sections))
     state = _restore(s, checkpoint) if checkpoint is not None else _begin(s)
     s.bar = tqdm(total=len(s.loader) * cfg.epochs, initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
-                 disable=not s.main, unit="batch", dynamic_ncols=True,
+                 disable=not (s.main and progress), unit="batch", dynamic_ncols=True,
                  mininterval=1.0 if sys.stderr.isatty() else 30.0)
     start = time.time()
     while not state.finished and state.epoch <= cfg.epochs:
@@ -410,9 +411,8 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     if probe is not None:
         log.say(probe.describe())
     log.say(f"fused kernel: {model.kernel_choice[1]}")
-    zero = f" ZeRO-{zero_stage(accelerator)}" if zero_stage(accelerator) else ""
-    log.say(f"world {accelerator.num_processes} process(es), {accelerator.distributed_type.value.lower()}{zero}, "
-            f"device {accelerator.device}, precision {precision}")
+    log.say(f"{world(accelerator)}, device {accelerator.device}, "
+            f"{'fp32' if precision == 'no' else precision + ' mixed precision'}")
     log.say(f"batch {per_device} per device x {accelerator.num_processes} processes x {cfg.grad_accum} "
             f"accumulation = {effective} effective; {steps_per_epoch} steps/epoch; "
             f"lr {cfg.resolved_lr(model_cfg.adapter):g}")
@@ -669,7 +669,7 @@ def _scalars(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool
     return flat
 
 
-def resume(run_dir: str | Path, trust_remote_code: bool = False) -> TrainResult:
+def resume(run_dir: str | Path, trust_remote_code: bool = False, progress: bool = True) -> TrainResult:
     """Continue a run from its last checkpoint, with the settings it was started with (code
     execution only if the caller allows it: never because the run's own config asks)."""
     run_dir = Path(run_dir)
@@ -683,4 +683,4 @@ def resume(run_dir: str | Path, trust_remote_code: bool = False) -> TrainResult:
     except (KeyError, TypeError, ToolkitError) as e:
         raise ToolkitError(f"{run_dir / CONFIG}: cannot resume a run of another version ({e})") from None
     model_cfg.trust_remote_code = caller_trust(run_dir / CONFIG, config["model"], trust_remote_code)
-    return train(run_dir, data, model_cfg, cfg, resume=True)
+    return train(run_dir, data, model_cfg, cfg, resume=True, progress=progress)
