@@ -135,7 +135,7 @@ def main() -> int:
 
     print(f"\n{date.today()}, {cpu_info()}, onnxruntime {ort.__version__}, {args.threads} threads, "
           f"{bundle.arch}-encoder {args.fp32}; STS-B dev ({len(dev)} pairs; timed x4 tiled, median of {args.repeats})")
-    print(f"\n| int8 scheme | pairs/s | × fp32 | dev Spearman | change vs fp32 | largest score diff |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| int8 scheme | pairs/s | × fp32 | dev Spearman | change vs fp32 | largest score diff |\n|---|---:|---:|---:|---:|---:|")
     base = rows[0]
     for r in rows:
         print(f"| {r['name']} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f} | {r['spearman']:.2f} | "

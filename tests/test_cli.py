@@ -216,8 +216,12 @@ def test_usage_errors_are_one_line_like_the_others(args, expected):
     assert not set("╭╮╰╯│") & set(proc.stderr)
 
 
-def test_quiet_means_no_progress_bar_in_train_too():
-    assert _resolved("train", "--data", "d", "--out", "o", "--quiet")["progress"] is False
+@pytest.mark.parametrize("command", ["train", "search", "score", "wise"])
+def test_quiet_means_no_progress_bar_in_every_command_that_shows_one(command):
+    args = {"train": ["--data", "d", "--out", "o"], "search": ["--data", "d", "--out", "o"],
+            "score": ["m", "f.csv", "-o", "x.csv"], "wise": ["r", "--out", "o"]}[command]
+    assert _resolved(command, *args, "--quiet")["progress"] is False
+    assert _resolved(command, *args)["progress"] is True
 
 
 def test_score_range_and_shard_errors_are_one_line():

@@ -10,7 +10,8 @@ from toolkit.batching import PairTokenizer
 from toolkit.errors import ToolkitError
 from toolkit.labels import LabelScale
 from toolkit.loading import load_tokenizer, resolve_model
-from toolkit.model import ADAPTERS, ModelConfig, PairRegressor
+from toolkit.choices import ADAPTERS
+from toolkit.model import ModelConfig, PairRegressor
 from toolkit.predict import Predictor
 
 FOLDER = resolve_model("all-MiniLM-L6-v2")[1]
@@ -133,5 +134,17 @@ def test_cross_head_reads_what_pooling_says(pooling, activation, tokenizer, pair
 def test_head_options_are_for_cross_encoders():
     with pytest.raises(ToolkitError, match="--pooling and --head-activation are for cross-encoders"):
         ModelConfig(arch="bi", pooling="mean").validate()
-    with pytest.raises(ToolkitError, match="--pooling must be cls or mean"):
+    with pytest.raises(ToolkitError, match="--pooling must be one of cls, mean, not 'max'"):
         ModelConfig(arch="cross", pooling="max").validate()
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"fused_kernel": "maybe"}, "--fused-kernel must be one of auto, on, off, not 'maybe'"),
+    ({"arch": "cross", "head_activation": "relu"}, "--head-activation must be one of identity, sigmoid, not 'relu'"),
+    ({"adapter": "prefix"}, "--adapter must be one of seq_bn, double_seq_bn, par_bn, lora, ia3, none, not 'prefix'"),
+])
+def test_a_closed_option_outside_its_set_is_one_line(options, message):
+    """Each option typed as a closed set is checked from its type (a Python caller's string too)."""
+    with pytest.raises(ToolkitError) as e:
+        ModelConfig(**options).validate()
+    assert str(e.value) == message

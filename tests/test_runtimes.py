@@ -82,7 +82,11 @@ def test_auto_serves_the_fastest_that_passes_and_remembers_it(small_models, cach
     assert "onnxruntime fp32" in measured and any(k.startswith("openvino") for k in measured)
     passing = {k: v for k, v in measured.items() if not v["note"]}
     assert all(v["spearman_drop"] <= 0.3 for v in passing.values())
-    assert entry["chosen"] == max(passing, key=lambda k: passing[k]["pairs_per_s"])
+    fastest = max(passing, key=lambda k: passing[k]["pairs_per_s"])
+    ort = passing.get("onnxruntime fp32")  # serves unless another is 1.2x faster (near-ties would flip)
+    switch = ort is None or passing[fastest]["pairs_per_s"] >= 1.2 * ort["pairs_per_s"]
+    assert entry["chosen"] == (fastest if switch else "onnxruntime fp32")
+    assert ("kept: no other engine is 1.2x faster" in said[0]) == (not switch and fastest != "onnxruntime fp32")
     runtime, precision = entry["chosen"].split()
     assert chosen.engine.runtime == runtime and chosen.describe().startswith(runtime)
     assert said[0].startswith(f"runtime auto: {entry['chosen']} (")
@@ -147,7 +151,8 @@ def test_runtime_is_an_option_of_score_eval_and_predict(small_models, small_stsb
     assert main(["score", str(bundle), str(small_stsb["dev"]), "-o", str(out), "--runtime", "openvino",
                  "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "runtime openvino: openvino " in err and "on openvino CPU, fp32 bundle at " in err, err
+    assert "on openvino CPU, fp32 bundle at " in err, err  # bf16 where the CPU has it (then measured), else f32
+    assert ("runtime openvino: openvino " in err) == ("bf16" in cpu_precisions()), err
     import pyarrow.parquet as pq
 
     got = pq.read_table(out).column("score").to_numpy()

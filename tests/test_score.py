@@ -70,10 +70,15 @@ def _read(path: Path) -> list[tuple[str, float]]:
         return [(r["id"], float(r["score"])) for r in csv.DictReader(f, delimiter="," if ext == ".csv" else "\t")]
 
 
+# These tests are about the protocol (parts, kills, resumes) and compare runs of other batch sizes and threads
+# exactly: one engine for all of them. What --runtime auto chooses is tested in test_runtimes.py.
+ONNXRUNTIME = "onnxruntime"
+
+
 def _score(model, src, out, chunk=40, **kw):
     options = SourceOptions(columns=Columns(id_col="pair_id"), need_score=False, policy=kw.pop("policy", "fail"))
     return score_file(str(model), str(src), str(out), options,
-                      ScoreConfig(chunk_size=chunk, threads=2, progress=False, **kw))
+                      ScoreConfig(chunk_size=chunk, threads=2, progress=False, **{"runtime": ONNXRUNTIME, **kw}))
 
 
 def test_every_format_in_and_out_keeps_ids_and_order(tmp_path, models, pairs):
@@ -146,7 +151,7 @@ def test_shards_union_equals_unsharded(tmp_path, models, pairs):
 
 def _cmd(model, src, out, *extra):
     return [sys.executable, "-m", "toolkit.cli", "score", str(model), str(src), "-o", str(out), "--id-col", "pair_id",
-            "--chunk-size", "10", "--batch-size", "4", "--threads", "1", "--quiet", *extra]
+            "--chunk-size", "10", "--batch-size", "4", "--threads", "1", "--quiet", "--runtime", ONNXRUNTIME, *extra]
 
 
 @pytest.mark.parametrize("kill_after_parts", [1, 9, 25])
@@ -391,7 +396,7 @@ def test_a_second_job_on_an_output_is_refused_while_the_first_runs(tmp_path, mod
     assert sorted(p.name for p in out.parent.iterdir()) == ["scores.parquet"]  # no parts, no lock file
     ref = score_file(str(models["bundle"]), str(small_pairs), str(tmp_path / "ref.parquet"),
                      SourceOptions(columns=Columns(id_col="pair_id"), need_score=False),
-                     ScoreConfig(chunk_size=10, batch_size=4, threads=1, progress=False))
+                     ScoreConfig(chunk_size=10, batch_size=4, threads=1, progress=False, runtime=ONNXRUNTIME))
     got, want = _read(out), _read(tmp_path / "ref.parquet")
     assert ref.written == 120 and [i for i, _ in got] == [i for i, _ in want]
     np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-6)

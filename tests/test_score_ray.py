@@ -63,7 +63,7 @@ def test_one_file_in_parts_equals_the_local_engine(tmp_path, local_ray, bundle):
 
     src = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(_rows(450)), src, row_group_size=100)
-    cfg = ScoreConfig(chunk_size=64, keep_cols=("genre",), progress=False)
+    cfg = ScoreConfig(chunk_size=64, keep_cols=("genre",), progress=False, runtime="onnxruntime")  # = Ray's (auto)
     options = SourceOptions()
     local, _ = _local(bundle, src, tmp_path / "local.parquet", options, cfg)
     summary = score_ray(str(bundle), str(src), str(tmp_path / "ray"), options, cfg, RayConfig())
@@ -90,7 +90,7 @@ def test_folder_of_files_and_bad_rows(tmp_path, local_ray, bundle):
     with open(folder / "b.jsonl", "w", encoding="utf-8") as f:
         for i, r in enumerate(json_rows):
             f.write("{not json\n" if i == 30 else json.dumps(r) + "\n")
-    cfg = ScoreConfig(chunk_size=50, progress=False)
+    cfg = ScoreConfig(chunk_size=50, progress=False, runtime="onnxruntime")  # the engine Ray's actors use
     options = SourceOptions(policy="skip")
     summary = score_ray(str(bundle), str(folder), str(tmp_path / "ray"), options, cfg, RayConfig())
     assert (summary.rows, summary.bad, summary.written) == (210, 2, 208)

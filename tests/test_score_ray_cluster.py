@@ -60,7 +60,8 @@ def _pairs(path: Path, n: int) -> Path:
 
 def _local(bundle: Path, path: Path, out: Path) -> dict[str, dict]:
     score_file(str(bundle), str(path), str(out), SourceOptions(),
-               ScoreConfig(chunk_size=CHUNK, threads=1, keep_cols=("genre",), progress=False))
+               ScoreConfig(chunk_size=CHUNK, threads=1, keep_cols=("genre",), progress=False,
+                           runtime="onnxruntime"))  # the engine Ray's actors use under --runtime auto
     return {r["id"]: r for r in pq.read_table(out).to_pylist()}
 
 

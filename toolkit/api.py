@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
-from .choices import Runtime
+from .choices import Provider, Runtime
 from .config_io import field_hints
 from .errors import ToolkitError
 
@@ -204,7 +204,7 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
 
 
 def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optional[str] = None, say: Say = None,
-           **options: Any) -> dict:
+           progress: bool = True, **options: Any) -> dict:
     """Search learning rate, epochs, adapter size, loss (and a cross-encoder's pooling) on dev with Optuna; re-run
     the best setting with each seed and only then score test. Resumable: the same command continues a killed
     search. Returns what FOLDER/search.json holds.
@@ -214,6 +214,7 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
             splits; its test split is scored at the end); or --train FILE [--dev FILE]
         out: search folder (study, one run per trial, the seeds' runs, search.json, search.png)
         test: pair file scored by the chosen setting's seed runs, after the choice (default with stsb: its test split)
+        progress: each training run's progress bar with rate and ETA (--quiet: none)
     """
     from .search import search as run_search
 
@@ -224,7 +225,7 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
     if test is None and data and data.startswith("stsb:"):
         test = _data_path(data, "test")
     data_cfg.validate()
-    return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet)
+    return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet, progress=progress)
 
 
 def load(path: str | Path, batch_size: int = 128, provider: str = "auto", threads: Optional[int] = None,
@@ -247,7 +248,7 @@ def _open(model: str, provider: str, runtime: str, trust_remote_code: bool, say:
     return opened
 
 
-def predict(model: str, sentence1: str, sentence2: str, *, provider: Literal["auto", "cpu", "cuda"] = "auto",
+def predict(model: str, sentence1: str, sentence2: str, *, provider: Provider = "auto",
             runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None) -> float:
     """The score of one pair.
 
@@ -267,7 +268,7 @@ def predict(model: str, sentence1: str, sentence2: str, *, provider: Literal["au
 
 
 def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str] = None,
-             plot: Optional[str] = None, provider: Literal["auto", "cpu", "cuda"] = "auto",
+             plot: Optional[str] = None, provider: Provider = "auto",
              runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None, **options: Any) -> dict:
     """Metrics (MSE, RMSE, MAE, Pearson, Spearman with bootstrap intervals, per group) of ``model``
     on a gold pair file; bad rows skipped and metric warnings go to ``say``.

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, get_args
 
 import numpy as np
 
-from .choices import Runtime
+from .choices import Provider, Runtime
 from .errors import ToolkitError, first_line
 from .scorer import PairScorer, map_batches
 
@@ -37,7 +37,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-PROVIDERS = ("auto", "cpu", "cuda")
+PROVIDERS = get_args(Provider)
 RUNTIMES = get_args(Runtime)
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 

@@ -158,8 +158,6 @@ def _flat(tree: dict) -> dict:
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], bool]:
     """(command, api keyword arguments, print the config instead of running)."""
-    import tyro
-
     name, rest = argv[0], list(argv[1:])
     if name not in COMMANDS:
         raise ToolkitError(f"unknown command {show(name)}; commands: {', '.join(COMMANDS)}")

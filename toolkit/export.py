@@ -35,7 +35,7 @@ from .bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
 from .runtimes import GATE
 from .choices import Attention, Provider
 from .errors import ToolkitError, first_line
-from .io_utils import atomic_dir, read_json, write_json
+from .io_utils import atomic_dir, read_json, refuse_existing, write_json
 from .labels import LabelScale
 from .merge import is_merged, load_merged_run
 from .metrics import evaluate_predictions
@@ -349,8 +349,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     """Export, optimise, convert, verify; write the bundle atomically. Returns its metadata."""
     cfg.validate()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
+    refuse_existing(out, overwrite)
     source = open_source(source_dir)
     verify_path, verify_pairs = _verify_pairs(source, cfg)  # before the export: a missing file fails at once
     start = time.time()
@@ -374,7 +373,8 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             keep = ffn_output_matmuls(graph, source.hf_config) if cfg.variant == "int8" else []
             if not keep:
                 raise
-            # the one int8 loss seen beyond the limit (an AMX Xeon): retry without it, at some speed
+            # where int8 lost more than the limit (LoRA cross-encoders on AVX2 and AMX CPUs), most of the loss
+            # was there: retry without it, at some speed
             log(f"{refused}; quantising again with each layer's FFN output projection in fp32")
             _write_variant(graph, tmp / MODEL, cfg, log, keep_fp32=keep)
             metadata = _metadata(source, cfg, graph, tmp, keep)

@@ -23,6 +23,12 @@ from typing import Any, Iterator, Optional
 from .errors import ToolkitError, escape, first_line, show_path, shorten
 
 
+def refuse_existing(out: Path, overwrite: bool, empty_ok: bool = False) -> None:
+    """Commands write a new output folder; an existing one is replaced only when asked."""
+    if out.exists() and not overwrite and not (empty_ok and out.is_dir() and not any(out.iterdir())):
+        raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

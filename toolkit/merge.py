@@ -18,7 +18,7 @@ from torch import nn
 
 from .batching import PairTokenizer
 from .errors import ToolkitError
-from .io_utils import atomic_dir, read_json, write_json
+from .io_utils import atomic_dir, read_json, refuse_existing, write_json
 from .labels import LabelScale
 from .model import NAME, PairRegressor, mean_pool
 from .run import CONFIG, METRICS, Run, load_run
@@ -100,8 +100,7 @@ def unmerge_from_base(encoder: nn.Module) -> None:
 def merge_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the merged model of a LoRA, IA3 (or fully fine-tuned) run to ``out``."""
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not overwrite:
-        raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
+    refuse_existing(out, overwrite)
     if is_merged(run_dir):
         raise ToolkitError(f"{run_dir}: already a merged model")
     run_config, plain, tokenizer = merged_plain(run_dir)

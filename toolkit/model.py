@@ -22,7 +22,7 @@ import tyro
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .choices import ADAPTERS, ARCHS, Adapter, Arch, HeadActivation, Pooling
+from .choices import Adapter, Arch, HeadActivation, Pooling, check_choices
 from .errors import ToolkitError
 from .loading import DEFAULT_MODEL, load_adapter_model
 from .losses import angle_similarity
@@ -55,10 +55,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # allow a model folder's own code (auto_map)
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ToolkitError(f"--arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
-        if self.adapter not in ADAPTERS:
-            raise ToolkitError(f"--adapter must be one of {', '.join(ADAPTERS)}, not {self.adapter!r}")
+        check_choices(self)
         if self.reduction_factor is not None and not self.reduction_factor > 0:
             raise ToolkitError("--reduction-factor must be positive")
         if self.lora_r < 1:
@@ -67,15 +64,9 @@ class ModelConfig:
             raise ToolkitError("--max-length must be at least 8")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ToolkitError("--dropout must be in [0, 1)")
-        if self.fused_kernel not in ("auto", "on", "off"):
-            raise ToolkitError("--fused-kernel must be auto, on or off")
         if self.arch == "bi" and (self.pooling is not None or self.head_activation is not None):
             raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
                                "each sentence and scores the cosine")
-        if self.pooling not in (None, "cls", "mean"):
-            raise ToolkitError(f"--pooling must be cls or mean, not {self.pooling!r}")
-        if self.head_activation not in (None, "identity", "sigmoid"):
-            raise ToolkitError(f"--head-activation must be identity or sigmoid, not {self.head_activation!r}")
 
 
 def fused_kernel_choice(mode: str) -> tuple[bool, str]:

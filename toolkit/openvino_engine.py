@@ -84,7 +84,6 @@ class OpenVinoEngine(OnnxEngine):
         super().__init__(compiled, tokenizer, metadata)
         import openvino as ov
 
-
         self.precision, self.hint = precision, hint
         self.requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.queue = ov.AsyncInferQueue(compiled, self.requests)

@@ -1,4 +1,4 @@
-"""Predicted vs gold, as a PNG people can look at."""
+"""The PNGs people would rather look at: predicted vs gold, WiSE-FT curves, a search's trials."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .io_utils import atomic_path
+from .metrics import HIGHER_IS_BETTER
 
 
 def plot_predictions(path: str | Path, pred: Sequence[float], gold: Sequence[float], metrics: dict,
@@ -110,3 +111,43 @@ def curve(records: list[dict], name: str, metric: str = "spearman",
     """(alphas, metric) of one set of a WiSE-FT sweep (weight space, or "outputs": the ensemble), in α order."""
     rows = sorted((r["alpha"], r.get(metric)) for r in records if r["set"] == name and r.get("mode", "weights") == mode)
     return np.array([a for a, _ in rows]), np.array([np.nan if v is None else v for _, v in rows])
+
+
+def plot_search(path: Path, result: dict, metric: str) -> None:
+    """A search's dev metric per trial (with the best so far) and against the learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    scale = 100.0 if metric in ("spearman", "pearson") else 1.0
+    better = max if HIGHER_IS_BETTER[metric] else min
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4), dpi=120)
+    x = [t["number"] for t in done]
+    y = [scale * t["value"] for t in done]
+    axes[0].plot(x, y, "o", ms=4, label="trial")
+    axes[0].step(x, [better(y[:i + 1]) for i in range(len(y))], where="post", color="k", lw=1, label="best so far")
+    axes[0].set_xlabel("trial")
+    axes[0].set_ylabel(f"dev {metric}")
+    axes[0].legend(fontsize=8)
+    losses = sorted({t["setting"].get("loss", "") for t in done})
+    for i, loss in enumerate(losses):
+        pts = [(t["setting"]["lr"], scale * t["value"]) for t in done if t["setting"].get("loss", "") == loss]
+        axes[1].scatter(*zip(*pts), s=18, color=f"C{i}", label=loss or "trials")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("learning rate")
+    axes[1].set_ylabel(f"dev {metric}")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    summary = result["summary"]
+    title = f"chosen: trial {result['chosen']['trial']}"
+    if "test" in summary:
+        title += f"; test {metric} over {len(result['final'])} seeds {scale * summary['test'][0]:.2f} ± " \
+                 f"{scale * summary['test'][1]:.2f}"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

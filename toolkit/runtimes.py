@@ -6,7 +6,7 @@ bundle with the ``openvino`` extra installed, by OpenVINO at bf16 (CPUs with AMX
 or f32. ``auto`` scores the bundle's gate pairs (``gate.json``: dev pairs with gold scores and
 PyTorch's scores, written at export) with each candidate: the gate (Spearman change against PyTorch
 within the bundle's limit) and the throughput come from the same pass, and the fastest candidate
-that passes serves. The choice is remembered per bundle and machine (CPU model and extensions,
+that passes serves (another engine in ONNX Runtime's place only when clearly faster: ``SWITCH_RATIO``). The choice is remembered per bundle and machine (CPU model and extensions,
 cores, threads, batch size, library versions), so later commands skip the measurement.
 
 No library does this choice: ONNX Runtime and OpenVINO each tune themselves, not against each other,
@@ -32,6 +32,10 @@ from .errors import ToolkitError
 GATE = "gate.json"
 CACHE_ENV = "TOOLKIT_CACHE_DIR"
 DEFAULT_LIMIT = 0.3  # Spearman points a candidate may lose against PyTorch where the bundle records none
+# Another engine serves in ONNX Runtime's place only when at least this much faster: where two are within
+# noise of each other (OpenVINO f32 and ONNX Runtime fp32 on AVX2 CPUs, 1.0-1.1x) a choice by the faster
+# would flip between runs and machines of one class, and with it the scores' last digits.
+SWITCH_RATIO = 1.2
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,14 @@ def choose(folder: Path, metadata: dict, runtime: str, threads: Optional[int], b
         raise ToolkitError(f"{folder}: no engine passes the bundle's gate on this machine: "
                            + "; ".join(f"{r.candidate.label}: {r.note}" for r in results))
     best = max(passing, key=lambda r: r.rate)
+    ort = next((r for r in passing if r.candidate.runtime == "onnxruntime"), None)
+    kept = ort is not None and best is not ort and best.rate < SWITCH_RATIO * ort.rate
+    if kept:
+        best = ort
     others = ", ".join(f"{r.candidate.label} {r.rate:,.0f}" if r.passed else f"{r.candidate.label} ({r.note})"
                        for r in results if r is not best)
-    why = (f"fastest that passes the gate: {best.rate:,.0f} pairs/s, Spearman change {-best.drop:+.2f} on "
+    what = (f"kept: no other engine is {SWITCH_RATIO:g}x faster" if kept else "fastest that passes the gate")
+    why = (f"{what}: {best.rate:,.0f} pairs/s, Spearman change {-best.drop:+.2f} on "
            f"{len(gate['s1'])} gate pairs (limit {limit:g}); {others}")
     with _locked_cache() as entries:
         entries[key] = {"chosen": best.candidate.label, "why": why, "cpu": " ".join(cpu()[:1]),

@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,6 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from . import __version__
 from .choices import Provider, Runtime
@@ -47,6 +45,7 @@ from .failpoints import crash_point
 from .option_types import Shard
 from .io_utils import atomic_path, fsync_dir, output_lock, read_json, write_json
 from .sources import PairChunk, PairSource, SourceOptions
+from .progress import progress_bar
 
 MANIFEST = "manifest.json"
 OUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -426,8 +425,7 @@ def _score_parts(job: _Job, source: PairSource, scorer: Scorer, manifest: dict, 
     job owns. A part is written (temp file, fsync, rename) before the manifest records it."""
     done = manifest["parts"]
     owned: dict[int, int] = {}
-    bar = tqdm(total=total, unit="pair", unit_scale=True, disable=not cfg.progress, dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="scoring")
+    bar = progress_bar(total=total, unit="pair", unit_scale=True, disable=not cfg.progress, desc="scoring")
     q: queue.Queue = queue.Queue(maxsize=2)  # bounded: the reader runs at most two chunks ahead
     stop = threading.Event()
     timing = summary.timing

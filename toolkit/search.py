@@ -31,6 +31,7 @@ from .errors import ToolkitError
 from .failpoints import crash_point
 from .io_utils import write_json
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
+from .plots import plot_search
 from .model import ModelConfig
 from .train import DataConfig, TrainConfig, objective_model, train
 
@@ -107,8 +108,9 @@ def setting_key(setting: dict) -> str:
 
 
 def search(out: str | Path, data: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: SearchConfig,
-           test: Optional[str] = None, say: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the search in ``out``; returns what ``search.json`` holds."""
+           test: Optional[str] = None, say: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Run (or resume) the search in ``out``; returns what ``search.json`` holds. ``progress``: each
+    training run's progress bar."""
     import optuna
 
     cfg.validate()
@@ -134,9 +136,9 @@ def search(out: str | Path, data: DataConfig, model_cfg: ModelConfig, train_cfg:
         if not study.trials:
             _enqueue_given(study, model_cfg, train_cfg, cfg)
         _retry_killed(study, say)
-        _run_trials(study, out, data, model_cfg, train_cfg, cfg, say)
-        result = _final(study, out, data, model_cfg, train_cfg, cfg, test, say)
-        _plot(out / PLOT, result, metric)
+        _run_trials(study, out, data, model_cfg, train_cfg, cfg, say, progress)
+        result = _final(study, out, data, model_cfg, train_cfg, cfg, test, say, progress)
+        plot_search(out / PLOT, result, metric)
         return result
     finally:
         lock.close()
@@ -180,7 +182,7 @@ def _completed(study) -> list:
 
 
 def _run_trials(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                cfg: SearchConfig, say: Callable[[str], None]) -> None:
+                cfg: SearchConfig, say: Callable[[str], None], progress: bool) -> None:
     import optuna
 
     metric, started, done_here = train_cfg.metric, time.time(), 0
@@ -195,7 +197,7 @@ def _run_trials(study, out: Path, data: DataConfig, model_cfg: ModelConfig, trai
         trial.set_user_attr("setting", setting)
         m, t = configs_for(setting, model_cfg, train_cfg)
         try:
-            summary = train(folder, data, m, t, resume_if_exists=True).summary
+            summary = train(folder, data, m, t, resume_if_exists=True, progress=progress).summary
         except ToolkitError:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
@@ -212,7 +214,7 @@ def _run_trials(study, out: Path, data: DataConfig, model_cfg: ModelConfig, trai
 
 
 def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: SearchConfig,
-           test: Optional[str], say: Callable[[str], None]) -> dict:
+           test: Optional[str], say: Callable[[str], None], progress: bool) -> dict:
     """The best setting by dev, re-run per seed; test read only now."""
     from .run import load_run
     from .sources import read_pairs
@@ -229,7 +231,7 @@ def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg
     for seed in cfg.seeds:
         folder = out / FINAL / f"seed-{seed}"
         m, t = configs_for(setting, model_cfg, train_cfg, seed=seed)
-        summary = train(folder, data, m, t, resume_if_exists=True).summary
+        summary = train(folder, data, m, t, resume_if_exists=True, progress=progress).summary
         row = {"seed": seed, "run": str(folder.relative_to(out)), "dev": summary["dev"],
                "params": summary.get("params")}
         if test_pairs is not None:
@@ -259,44 +261,3 @@ def _fmt(value: float, metric: str) -> str:
 def _describe(setting: dict) -> str:
     return ", ".join(f"{k} {v:.2e}" if k == "lr" else f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in setting.items())
-
-
-def _plot(path: Path, result: dict, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io_utils import atomic_path
-
-    done = [t for t in result["trials"] if t["state"] == "COMPLETE"]
-    scale = 100.0 if metric in ("spearman", "pearson") else 1.0
-    better = max if HIGHER_IS_BETTER[metric] else min
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.4), dpi=120)
-    x = [t["number"] for t in done]
-    y = [scale * t["value"] for t in done]
-    axes[0].plot(x, y, "o", ms=4, label="trial")
-    axes[0].step(x, [better(y[:i + 1]) for i in range(len(y))], where="post", color="k", lw=1, label="best so far")
-    axes[0].set_xlabel("trial")
-    axes[0].set_ylabel(f"dev {metric}")
-    axes[0].legend(fontsize=8)
-    losses = sorted({t["setting"].get("loss", "") for t in done})
-    for i, loss in enumerate(losses):
-        pts = [(t["setting"]["lr"], scale * t["value"]) for t in done if t["setting"].get("loss", "") == loss]
-        axes[1].scatter(*zip(*pts), s=18, color=f"C{i}", label=loss or "trials")
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("learning rate")
-    axes[1].set_ylabel(f"dev {metric}")
-    axes[1].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    summary = result["summary"]
-    title = f"chosen: trial {result['chosen']['trial']}"
-    if "test" in summary:
-        title += f"; test {metric} over {len(result['final'])} seeds {scale * summary['test'][0]:.2f} ± " \
-                 f"{scale * summary['test'][1]:.2f}"
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

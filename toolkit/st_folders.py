@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ToolkitError
-from .io_utils import atomic_dir, write_json
+from .io_utils import atomic_dir, refuse_existing, write_json
 from .labels import LabelScale
 from .merge import is_merged, load_merged, merged_plain
 
@@ -37,8 +36,7 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     source_dir, out = Path(source_dir), Path(out)
-    if out.exists() and not overwrite:
-        raise ToolkitError(f"{out}: already exists; choose another --out or pass --overwrite")
+    refuse_existing(out, overwrite)
     if is_merged(source_dir):
         config, scorer, tokenizer = load_merged(source_dir)
         plain = scorer.plain

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from .io_utils import atomic_dir, read_json, write_json, write_text
 from .labels import LabelScale
 from .loading import caller_trust, load_tokenizer, resolve_model
 from .losses import OUTPUT, batch_objective
-from .choices import CROSS_LOSSES, LOSSES, RANK_LOSSES, Loss, Metric
-from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics, is_better
+from .choices import CROSS_LOSSES, RANK_LOSSES, Loss, Metric, check_choices
+from .progress import progress_bar
+from .metrics import evaluate_predictions, format_metrics, is_better
 from .model import ModelConfig, PairRegressor, kernel_report
 from .predict import Predictor
 from .run import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
@@ -82,18 +82,11 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
 
     def validate(self) -> None:
+        check_choices(self)
         if min(self.epochs, self.batch_size, self.grad_accum, self.eval_batch_size) < 1:
             raise ToolkitError("--epochs, --batch-size, --grad-accum and --eval-batch-size must be at least 1")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ToolkitError("--global-batch-size must be at least 1")
-        if self.metric not in HIGHER_IS_BETTER:
-            raise ToolkitError(f"--metric must be one of {', '.join(HIGHER_IS_BETTER)}")
-        if self.precision not in ("auto", "no", "bf16", "fp16"):
-            raise ToolkitError("--precision must be auto, no, bf16 or fp16")
-        if self.normalize not in ("auto", "range", "zscore"):
-            raise ToolkitError("--normalize must be auto, range or zscore")
-        if self.loss not in LOSSES:
-            raise ToolkitError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ToolkitError("--warmup-ratio must be in [0, 1)")
         if self.lr is not None and not self.lr > 0:
@@ -102,8 +95,6 @@ class TrainConfig:
             raise ToolkitError("--save-steps must be 0 or more")
         if self.log_steps < 1:
             raise ToolkitError("--log-steps must be at least 1")
-        if self.head_init not in ("random", "lp"):
-            raise ToolkitError("--head-init must be random or lp")
         if self.log_with:
             _check_tracker(self.log_with)
 
@@ -358,9 +349,9 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     if cfg.log_with:  # under RUN/trackers/ (tensorboard: event files; others: their own stores)
         accelerator.init_trackers("trackers", config=_scalars(sections))
     state = _restore(s, checkpoint) if checkpoint is not None else _begin(s)
-    s.bar = tqdm(total=len(s.loader) * cfg.epochs, initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
-                 disable=not (s.main and progress), unit="batch", dynamic_ncols=True,
-                 mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    s.bar = progress_bar(total=len(s.loader) * cfg.epochs,
+                         initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
+                         disable=not (s.main and progress), unit="batch")
     start = time.time()
     while not state.finished and state.epoch <= cfg.epochs:
         _train_epoch(s, state, observe)

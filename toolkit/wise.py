@@ -24,16 +24,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .choices import Metric
+from .choices import Metric, check_choices
 from .errors import ToolkitError
-from .io_utils import atomic_dir, atomic_path, write_json
+from .io_utils import atomic_dir, atomic_path, refuse_existing, write_json
 from .option_types import Alphas, parse_alphas  # noqa: F401  (parse_alphas: re-exported)
 from .metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from .model import PairRegressor
@@ -73,12 +72,11 @@ class WiseConfig:
     progress: bool = True  # progress bar with rate and ETA (--quiet: none)
 
     def validate(self) -> None:
+        check_choices(self)
         if not self.alphas:
             raise ToolkitError("--alphas: no α values")
         if any(not math.isfinite(a) for a in self.alphas):
             raise ToolkitError("--alphas: values must be finite")
-        if self.metric not in HIGHER_IS_BETTER:
-            raise ToolkitError(f"--metric must be one of {', '.join(HIGHER_IS_BETTER)}")
         if self.tie < 0:
             raise ToolkitError("--tie must be 0 or more")
 
@@ -201,7 +199,7 @@ def sweep(run: Run, interpolation: Interpolation, sets: Sequence[EvalSet], optio
           cfg: WiseConfig, say: Callable[[str], None] = print) -> list[dict]:
     """One record per α per set (``mode`` "weights"), then with ``cfg.ensemble`` one per α per set of
     the endpoints' mixed scores (``mode`` "outputs"): every metric, in α order."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     data = _read_sets(sets, options, run)
     for _, _, skipped in data:
@@ -211,8 +209,7 @@ def sweep(run: Run, interpolation: Interpolation, sets: Sequence[EvalSet], optio
     records, ends = [], {}
     extra = [a for a in (0.0, 1.0) if a not in cfg.alphas] if cfg.ensemble else []
     total = (len(cfg.alphas) + len(extra)) * sum(len(p) for _, p, _ in data)
-    with tqdm(total=total, unit="pair", disable=not cfg.progress, dynamic_ncols=True,
-              mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+    with progress_bar(total=total, unit="pair", disable=not cfg.progress) as bar:
         for alpha in [*cfg.alphas, *extra]:
             interpolation.set(alpha)
             for s, pairs, _ in data:
@@ -304,8 +301,7 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
     out = Path(out)
     if out.resolve() == Path(run_dir).resolve():
         raise ToolkitError(f"{out}: --out must not be the run being interpolated")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ToolkitError(f"{out}: already exists and is not empty; choose another --out or pass --overwrite")
+    refuse_existing(out, overwrite, empty_ok=True)
     run = load_run(run_dir, fused_kernel="off")
     if not any(s.role == "id" for s in sets):  # the run's own dev pairs, read as training read them
         name, path, pairs = recorded_dev(run.config, str(Path(run_dir) / CONFIG), "--id FILE")
