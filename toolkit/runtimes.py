@@ -6,8 +6,9 @@ bundle with the ``openvino`` extra installed, by OpenVINO at bf16 (CPUs with AMX
 or f32. ``auto`` scores the bundle's gate pairs (``gate.json``: dev pairs with gold scores and
 PyTorch's scores, written at export) with each candidate: the gate (Spearman change against PyTorch
 within the bundle's limit) and the throughput come from the same pass, and the fastest candidate
-that passes serves (another engine in ONNX Runtime's place only when clearly faster: ``SWITCH_RATIO``). The choice is remembered per bundle and machine (CPU model and extensions,
-cores, threads, batch size, library versions), so later commands skip the measurement.
+that passes serves (another engine in ONNX Runtime's place only when clearly faster: ``SWITCH_RATIO``).
+The choice is remembered per bundle and machine (CPU model and extensions, cores, threads, batch
+size, library versions), so later commands skip the measurement.
 
 No library does this choice: ONNX Runtime and OpenVINO each tune themselves, not against each other,
 and neither knows the quality the bundle must keep.
