@@ -132,10 +132,12 @@ def read_gate(folder: Path) -> Optional[dict]:
 
 
 def spearman_drop(pred: np.ndarray, gate: dict) -> float:
-    from scipy.stats import spearmanr
+    """Spearman points lost against PyTorch on the gate pairs, computed as the export gate computes them."""
+    from .metrics import evaluate_predictions
 
     gold = np.asarray(gate["gold"], dtype=np.float64)
-    return float(100 * (spearmanr(gate["reference"], gold).statistic - spearmanr(pred, gold).statistic))
+    ref = evaluate_predictions(np.asarray(gate["reference"], dtype=np.float64), gold, ci=False)[0]["spearman"]
+    return float(100 * (ref - evaluate_predictions(np.asarray(pred, dtype=np.float64), gold, ci=False)[0]["spearman"]))
 
 
 def measure(scorer, gate: dict, limit: float) -> tuple[float, float, np.ndarray]:
