@@ -138,8 +138,8 @@ def time_variants(T, H, r, dtype, device, cuda, compiled, l2_bytes: int, timer=N
 def train_step_ratio(device: str, cuda: bool, steps: int) -> dict:
     """ms per training step (bf16 autocast on GPU) of the default model, batch 32 x 128 tokens."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from toolkit.loading import resolve_model
-    from toolkit.model import ModelConfig, PairRegressor
+    from toolkit.model.safe_loading import resolve_model
+    from toolkit.model.regressor import ModelConfig, PairRegressor
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
     batch, length = (32, 128) if cuda else (2, 16)

@@ -6,7 +6,7 @@ The pairs: 20,000 derived from STS-B test (its 1379 pairs, then each first sente
 other test sentences), scored by
 - PyTorch eager: the tokenizer and ``model(**batch)`` over batches in file order, as a user's
   script (the seed article's) does, no length sorting, no reuse of embeddings;
-- the fp32 and int8 bundles through ``toolkit.bundle.Bundle``: once as the same plain loop
+- the fp32 and int8 bundles through ``toolkit.scoring.onnx_bundle.Bundle``: once as the same plain loop
   (file order, every sentence encoded), once as the runtime scores by default (length-sorted
   batches, each distinct sentence embedded once).
 Each also scores STS-B test itself for its Spearman. Threads: 2 for torch and for ONNX Runtime.
@@ -29,10 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from toolkit.bundle import Bundle  # noqa: E402
-from toolkit.export import ExportConfig, export_onnx  # noqa: E402
-from toolkit.metrics import evaluate_predictions  # noqa: E402
-from toolkit.run import load_run  # noqa: E402
+from toolkit.scoring.onnx_bundle import Bundle  # noqa: E402
+from toolkit.artifacts.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from toolkit.scoring.metrics import evaluate_predictions  # noqa: E402
+from toolkit.training.run_dir import load_run  # noqa: E402
 from toolkit.sources import SourceOptions, read_pairs  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import cpu_info  # noqa: E402
-from toolkit.bundle import Bundle  # noqa: E402
-from toolkit.metrics import evaluate_predictions  # noqa: E402
+from toolkit.scoring.onnx_bundle import Bundle  # noqa: E402
+from toolkit.scoring.metrics import evaluate_predictions  # noqa: E402
 from toolkit.sources import SourceOptions, read_pairs  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"

@@ -47,12 +47,12 @@ import torch  # noqa: E402
 import roofline  # noqa: E402
 from machine_info import cpu_info  # noqa: E402
 from toolkit import openvino_engine  # noqa: E402
-from toolkit.bundle import Bundle  # noqa: E402
-from toolkit.errors import ToolkitError  # noqa: E402
-from toolkit.export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
-from toolkit.load import load_model  # noqa: E402
-from toolkit.metrics import evaluate_predictions  # noqa: E402
-from toolkit.score import ScoreConfig, score_file  # noqa: E402
+from toolkit.scoring.onnx_bundle import Bundle  # noqa: E402
+from toolkit.common.errors import ToolkitError  # noqa: E402
+from toolkit.artifacts.onnx_export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
+from toolkit.artifacts.open_model import load_model  # noqa: E402
+from toolkit.scoring.metrics import evaluate_predictions  # noqa: E402
+from toolkit.batch.stream import ScoreConfig, score_file  # noqa: E402
 from toolkit.sources import Columns, SourceOptions, read_pairs  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
@@ -249,7 +249,7 @@ class Bench:
     def ray_row(self) -> None:
         import ray
 
-        from toolkit.score_ray import RayConfig, score_ray
+        from toolkit.batch.ray_engine import RayConfig, score_ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         cfg = ScoreConfig(threads=1, batch_size=self.args.batch_size, restart=True, progress=False)

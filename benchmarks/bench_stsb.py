@@ -28,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import cpu_info  # noqa: E402
 from toolkit import __version__  # noqa: E402
-from toolkit.batching import PairTokenizer  # noqa: E402
-from toolkit.labels import LabelScale  # noqa: E402
-from toolkit.loading import load_tokenizer, resolve_model  # noqa: E402
-from toolkit.metrics import evaluate_predictions, mean_std  # noqa: E402
-from toolkit.model import ModelConfig, PairRegressor  # noqa: E402
-from toolkit.predict import Predictor  # noqa: E402
-from toolkit.run import load_run  # noqa: E402
+from toolkit.model.batching import PairTokenizer  # noqa: E402
+from toolkit.model.label_scale import LabelScale  # noqa: E402
+from toolkit.model.safe_loading import load_tokenizer, resolve_model  # noqa: E402
+from toolkit.scoring.metrics import evaluate_predictions, mean_std  # noqa: E402
+from toolkit.model.regressor import ModelConfig, PairRegressor  # noqa: E402
+from toolkit.scoring.torch_engine import Predictor  # noqa: E402
+from toolkit.training.run_dir import load_run  # noqa: E402
 from toolkit.sources import SourceOptions, read_pairs, resolve_data_spec  # noqa: E402
-from toolkit.train import DataConfig, TrainConfig, train  # noqa: E402
-from toolkit.io_utils import write_text  # noqa: E402
+from toolkit.training.loop import DataConfig, TrainConfig, train  # noqa: E402
+from toolkit.common.atomic_io import write_text  # noqa: E402
 
 # name: (model config, train config). "bi-seq_bn" is the toolkit's default.
 CONFIGS = {

@@ -2,7 +2,7 @@
 
 For each endpoint recipe and each held-out genre (captions, news, forum): train the fine-tuned
 endpoint on the two other genres with model selection on their dev rows (the cross-encoder's head
-starts from its linear probe, LP-FT, which is its α = 0), then sweep α with ``toolkit.wise`` on the
+starts from its linear probe, LP-FT, which is its α = 0), then sweep α with ``toolkit.robustness.wise`` on the
 default grid (0.05 steps), in weight space and as the output-space ensemble. α is chosen three ways,
 each reported: on ID dev in weight space (the documented default), on ID dev for the ensemble, and on
 the held-out genre's dev rows (``--choose-on``: what a user with a little shifted data can do). Every
@@ -24,12 +24,12 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import cpu_info  # noqa: E402
-from toolkit.io_utils import write_text  # noqa: E402
-from toolkit.model import ModelConfig  # noqa: E402
-from toolkit.shift import HELD_OUT, write_genre_shift  # noqa: E402
+from toolkit.common.atomic_io import write_text  # noqa: E402
+from toolkit.model.regressor import ModelConfig  # noqa: E402
+from toolkit.sources.genre_shift import HELD_OUT, write_genre_shift  # noqa: E402
 from toolkit.sources import SourceOptions, resolve_data_spec  # noqa: E402
-from toolkit.train import DataConfig, TrainConfig, train  # noqa: E402
-from toolkit.wise import RESULTS, EvalSet, WiseConfig, choose_alpha, wise  # noqa: E402
+from toolkit.training.loop import DataConfig, TrainConfig, train  # noqa: E402
+from toolkit.robustness.wise import RESULTS, EvalSet, WiseConfig, choose_alpha, wise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the fine-tuned endpoint's recipe: (model options, training options); the default adapter (seq_bn) throughout

@@ -337,7 +337,7 @@ def part_tune(s: Suite, p: Part) -> None:
 
 # -------------------------------------------------------------------------------------------- train
 def _model_folder(s: Suite) -> Path:
-    from toolkit.loading import resolve_model
+    from toolkit.model.safe_loading import resolve_model
 
     return resolve_model(s.args.model)[1]
 
@@ -352,9 +352,9 @@ def _step_loop(s: Suite, fused: str, batch: int, steps: int, warmup: int, max_le
     """The default recipe's model (bi-encoder, seq_bn) trained ``steps`` optimiser steps on STS-B
     batches in a fixed order: what the fused kernel changes is the time, not the loss."""
     from toolkit.kernels.adapter_module import FusedBottleneckAdapter
-    from toolkit.batching import PairTokenizer
-    from toolkit.loading import load_tokenizer
-    from toolkit.model import ModelConfig, PairRegressor
+    from toolkit.model.batching import PairTokenizer
+    from toolkit.model.safe_loading import load_tokenizer
+    from toolkit.model.regressor import ModelConfig, PairRegressor
 
     folder = _model_folder(s)
     if s.cuda:  # what earlier parts left allocated is not this loop's
@@ -444,7 +444,7 @@ def _ddp(s: Suite, gpus: int) -> str:
 
 # -------------------------------------------------------------------------------------------- score
 def _spearman(pred, gold) -> float:
-    from toolkit.metrics import evaluate_predictions
+    from toolkit.scoring.metrics import evaluate_predictions
 
     return 100 * evaluate_predictions(np.asarray(pred, dtype=np.float64), gold, ci=False)[0]["spearman"]
 
@@ -461,7 +461,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def part_score(s: Suite, p: Part) -> None:
     import toolkit.api as api
-    from toolkit.load import load_model
+    from toolkit.artifacts.open_model import load_model
 
     stsb = Path(s.args.stsb)
     work = s.work / "score"
@@ -555,7 +555,7 @@ def prepare(folder: Path) -> None:
     """What a device call carries: STS-B and the base model with fp16 weights (see the docstring)."""
     from safetensors.torch import load_file, save_file
 
-    from toolkit.loading import resolve_model
+    from toolkit.model.safe_loading import resolve_model
 
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(STSB, folder / "stsb", dirs_exist_ok=True)

@@ -2,7 +2,7 @@
 
 Run by ``bench_score.py`` in OpenVINO's own virtual environment (``--openvino-venv``: openvino, nncf,
 onnx, tokenizers, pyarrow, numpy; no torch, no transformers), so that its dependencies never meet
-the toolkit's. It imports only ``toolkit.bundle`` (numpy-only) and swaps the bundle's ONNX Runtime
+the toolkit's. It imports only ``toolkit.scoring.onnx_bundle`` (numpy-only) and swaps the bundle's ONNX Runtime
 session for an OpenVINO compiled model of the same network (the standard-ops ONNX export, before ONNX
 Runtime's fusions, which OpenVINO reads directly): tokenisation, length-sorted batches, bi-encoder
 de-duplication and the cosine are then the toolkit's own code, and only the engine differs.
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.bundle import Bundle  # noqa: E402
+from toolkit.scoring.onnx_bundle import Bundle  # noqa: E402
 
 
 class OpenVinoSession:

@@ -57,7 +57,7 @@ def gemm_rate(m: int, k: int, n: int, precision: str, threads: int, seconds: flo
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from toolkit.export import quantizer_warnings
+    from toolkit.artifacts.onnx_export import quantizer_warnings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fp32.onnx"

@@ -95,10 +95,10 @@ def small_stsb(tmp_path_factory, stsb_dir) -> dict[str, Path]:
 def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     """A bi-encoder (seq_bn) trained one epoch on 48 pairs, and its fp32 bundle: what the scoring
     tests (local and Ray engines) score with."""
-    from toolkit.export import ExportConfig, export_onnx
-    from toolkit.model import ModelConfig
+    from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
+    from toolkit.model.regressor import ModelConfig
     from toolkit.sources import SourceOptions
-    from toolkit.train import DataConfig, TrainConfig, train
+    from toolkit.training.loop import DataConfig, TrainConfig, train
 
     root = tmp_path_factory.mktemp("small_models")
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))

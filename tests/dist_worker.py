@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.model import ModelConfig
+from toolkit.model.regressor import ModelConfig
 from toolkit.sources import SourceOptions
-from toolkit.train import BatchSeen, DataConfig, TrainConfig, train
+from toolkit.training.loop import BatchSeen, DataConfig, TrainConfig, train
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from toolkit import cli
-from toolkit.errors import ToolkitError, show_path
+from toolkit.common.errors import ToolkitError, show_path
 from toolkit.sources import SourceOptions, read_pairs
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -89,7 +89,7 @@ def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb):
 def test_train_with_files_and_other_formats(tmp_path):
     from conftest import dict_rows, write_pairs
 
-    from toolkit.loading import resolve_model
+    from toolkit.model.safe_loading import resolve_model
 
     train = write_pairs(tmp_path / "train.parquet",
                         [{**r, "pid": f"t{i}"} for i, r in enumerate(dict_rows("train", 64))])

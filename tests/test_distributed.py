@@ -18,11 +18,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import stsb_rows, write_pairs, write_stsb_slice
-from toolkit.metrics import evaluate_predictions
-from toolkit.model import ModelConfig
-from toolkit.run import load_run
+from toolkit.scoring.metrics import evaluate_predictions
+from toolkit.model.regressor import ModelConfig
+from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.train import DataConfig, TrainConfig, train
+from toolkit.training.loop import DataConfig, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "configs"

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.bundle import Bundle
-from toolkit.errors import ToolkitError
-from toolkit.export import ExportConfig, export_onnx
-from toolkit.load import load_model
-from toolkit.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
-from toolkit.model import ModelConfig
-from toolkit.run import load_run
+from toolkit.scoring.onnx_bundle import Bundle
+from toolkit.common.errors import ToolkitError
+from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
+from toolkit.artifacts.open_model import load_model
+from toolkit.artifacts.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
+from toolkit.model.regressor import ModelConfig
+from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.train import DataConfig, TrainConfig, train
+from toolkit.training.loop import DataConfig, TrainConfig, train
 
 NO_TORCH = Path(__file__).resolve().parent / "no_torch"
 
@@ -85,7 +85,7 @@ def test_merge_four_states(tmp_path, runs, name):
     for state, value in (("merged", merged), ("unmerged again", again), ("saved and reloaded", reloaded)):
         torch.testing.assert_close(value, unmerged, atol=1e-5, rtol=1e-4, msg=lambda m, s=state: f"{s}: {m}")
     # the adapter went into the base weights: some differ from the pre-trained model's
-    from toolkit.loading import resolve_model
+    from toolkit.model.safe_loading import resolve_model
 
     original = AutoModel.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1], local_files_only=True).state_dict()
     body = getattr(plain, plain.base_model_prefix, plain).state_dict()
@@ -332,7 +332,7 @@ def test_every_command_takes_a_run_a_merged_folder_and_a_bundle(tmp_path, runs, 
 def test_providers_are_chosen_explicitly():
     """int8 on the CPU provider even where CUDA is there; fp32/fp16 on CUDA where onnxruntime has it;
     an explicit choice that cannot be honoured is refused in one line."""
-    from toolkit.bundle import CPU, CUDA, choose_providers
+    from toolkit.scoring.onnx_bundle import CPU, CUDA, choose_providers
 
     assert choose_providers("int8", "auto", [CUDA, CPU]) == [CPU]
     assert choose_providers("fp16", "auto", [CUDA, CPU]) == [CUDA, CPU]
@@ -350,7 +350,7 @@ def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, 
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from toolkit.cli import main
-    from toolkit.st_folders import export_sentence_transformers
+    from toolkit.artifacts.st_export import export_sentence_transformers
 
     bi = load_run(runs["bi-ia3"], fused_kernel="off").predictor(device="cpu")
     st_dir = export_sentence_transformers(runs["bi-ia3"], tmp_path / "st-bi", log=lambda line: None)
@@ -384,8 +384,8 @@ def test_bce_cross_encoder_keeps_its_sigmoid_in_every_form(tmp_path, small_stsb,
     a Sigmoid, on 0..1, mapped back by toolkit.json's scale) give the run's scores."""
     from sentence_transformers import CrossEncoder
 
-    from toolkit.merge import load_merged_run
-    from toolkit.st_folders import export_sentence_transformers
+    from toolkit.artifacts.merge import load_merged_run
+    from toolkit.artifacts.st_export import export_sentence_transformers
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
     run_dir = tmp_path / "bce"

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from source_fuzz import EXTENSIONS, case, named_case, named_outcome, outcome, seeds
-from toolkit.errors import BadInputError
+from toolkit.common.errors import BadInputError
 from toolkit.sources import Columns, PairSource, SourceOptions, read_pairs
 
 BUDGET = settings(max_examples=300, deadline=None, database=None, derandomize=False,

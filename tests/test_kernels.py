@@ -127,8 +127,8 @@ def test_bad_shapes_are_refused():
 # -- in the model --------------------------------------------------------------------------------------
 
 def _models(adapter: str):
-    from toolkit.loading import resolve_model
-    from toolkit.model import ModelConfig, PairRegressor
+    from toolkit.model.safe_loading import resolve_model
+    from toolkit.model.regressor import ModelConfig, PairRegressor
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
     fused = PairRegressor.create(ModelConfig(adapter=adapter, fused_kernel="on", dropout=0.0), folder)
@@ -165,7 +165,7 @@ def test_fused_model_equals_library_model(adapter, layers):
 def test_unsupported_layers_stay_with_the_library():
     from adapters import ParBnConfig, SeqBnConfig
 
-    from toolkit.loading import load_adapter_model, resolve_model
+    from toolkit.model.safe_loading import load_adapter_model, resolve_model
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
     model = load_adapter_model(folder)
@@ -178,11 +178,11 @@ def test_unsupported_layers_stay_with_the_library():
 def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_stsb):
     from safetensors.numpy import load_file
 
-    from toolkit.metrics import evaluate_predictions
-    from toolkit.model import ModelConfig
-    from toolkit.run import load_run
+    from toolkit.scoring.metrics import evaluate_predictions
+    from toolkit.model.regressor import ModelConfig
+    from toolkit.training.run_dir import load_run
     from toolkit.sources import SourceOptions, read_pairs
-    from toolkit.train import DataConfig, TrainConfig, train
+    from toolkit.training.loop import DataConfig, TrainConfig, train
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=24))
     result = train(tmp_path / "fused", data, ModelConfig(max_length=32, fused_kernel="on"),
@@ -267,9 +267,9 @@ def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdict
 
 def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, monkeypatch):
     import toolkit.kernels.adapter_bottleneck as ab
-    from toolkit.model import ModelConfig
+    from toolkit.model.regressor import ModelConfig
     from toolkit.sources import SourceOptions
-    from toolkit.train import DataConfig, TrainConfig, train
+    from toolkit.training.loop import DataConfig, TrainConfig, train
 
     real = ab.adapter_backward
 

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from toolkit.errors import ToolkitError
-from toolkit.loading import check_model_folder, load_adapter_model, resolve_model
+from toolkit.common.errors import ToolkitError
+from toolkit.model.safe_loading import check_model_folder, load_adapter_model, resolve_model
 
 
 @pytest.fixture
@@ -121,10 +121,10 @@ def test_a_run_directory_cannot_turn_on_remote_code(tmp_path, small_stsb):
     import subprocess
     import sys
 
-    from toolkit.model import ModelConfig
-    from toolkit.run import load_run
+    from toolkit.model.regressor import ModelConfig
+    from toolkit.training.run_dir import load_run
     from toolkit.sources import SourceOptions
-    from toolkit.train import DataConfig, TrainConfig, resume, train
+    from toolkit.training.loop import DataConfig, TrainConfig, resume, train
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
     train(tmp_path / "run", data, ModelConfig(max_length=32), TrainConfig(epochs=1, batch_size=8, patience=0,

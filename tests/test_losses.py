@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from toolkit.losses import angle_similarity, batch_objective, rank_loss
+from toolkit.model.losses import angle_similarity, batch_objective, rank_loss
 
 
 def test_hand_computed_cases():
@@ -70,10 +70,10 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss
 
-    from toolkit.loading import resolve_model
-    from toolkit.model import ModelConfig
+    from toolkit.model.safe_loading import resolve_model
+    from toolkit.model.regressor import ModelConfig
     from toolkit.sources import SourceOptions, read_pairs
-    from toolkit.train import DataConfig, TrainConfig, train
+    from toolkit.training.loop import DataConfig, TrainConfig, train
 
     seen = []
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=40))
@@ -94,9 +94,9 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
 
 
 def test_rank_losses_are_for_bi_encoders(tmp_path, small_stsb):
-    from toolkit.errors import ToolkitError
-    from toolkit.model import ModelConfig
-    from toolkit.train import DataConfig, TrainConfig, train
+    from toolkit.common.errors import ToolkitError
+    from toolkit.model.regressor import ModelConfig
+    from toolkit.training.loop import DataConfig, TrainConfig, train
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]))
     with pytest.raises(ToolkitError, match="--loss cosent ranks a bi-encoder's similarities"):
@@ -122,9 +122,9 @@ def test_bce_by_hand_with_filler_slots():
 
 
 def test_bce_combinations_that_cannot_work_are_refused(tmp_path, small_stsb):
-    from toolkit.errors import ToolkitError
-    from toolkit.model import ModelConfig
-    from toolkit.train import DataConfig, TrainConfig, objective_model, train
+    from toolkit.common.errors import ToolkitError
+    from toolkit.model.regressor import ModelConfig
+    from toolkit.training.loop import DataConfig, TrainConfig, objective_model, train
 
     cross = ModelConfig(arch="cross")
     assert objective_model(cross, TrainConfig(loss="bce")).head_activation == "sigmoid"

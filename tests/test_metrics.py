@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from toolkit.metrics import average_ranks, evaluate_predictions, regression_metrics
+from toolkit.scoring.metrics import average_ranks, evaluate_predictions, regression_metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

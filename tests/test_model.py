@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import stsb_rows
 
-from toolkit.batching import PairTokenizer
-from toolkit.errors import ToolkitError
-from toolkit.labels import LabelScale
-from toolkit.loading import load_tokenizer, resolve_model
-from toolkit.choices import ADAPTERS
-from toolkit.model import ModelConfig, PairRegressor
-from toolkit.predict import Predictor
+from toolkit.model.batching import PairTokenizer
+from toolkit.common.errors import ToolkitError
+from toolkit.model.label_scale import LabelScale
+from toolkit.model.safe_loading import load_tokenizer, resolve_model
+from toolkit.common.choices import ADAPTERS
+from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.scoring.torch_engine import Predictor
 
 FOLDER = resolve_model("all-MiniLM-L6-v2")[1]
 

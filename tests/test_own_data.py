@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from conftest import stsb_rows, write_pairs
 from toolkit.cli import main
-from toolkit.run_data import DataConfig, held_out_split
+from toolkit.training.run_data import DataConfig, held_out_split
 from toolkit.sources import PairChunk
 
 COLUMNS = ["--s1-col", "question_a", "--s2-col", "question_b", "--score-col", "similarity", "--score-range", "0:1"]

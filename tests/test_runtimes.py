@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from toolkit.bundle import Bundle, sha256_file
+from toolkit.scoring.onnx_bundle import Bundle, sha256_file
 from toolkit.cli import main
-from toolkit.errors import ToolkitError
-from toolkit.run import load_run
+from toolkit.common.errors import ToolkitError
+from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
 
 openvino = pytest.importorskip("openvino")
 
-from toolkit.openvino_engine import OpenVinoEngine, compile_bundle, cpu_precisions  # noqa: E402
+from toolkit.scoring.openvino_engine import OpenVinoEngine, compile_bundle, cpu_precisions  # noqa: E402
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import stsb_rows
-from toolkit.bundle import Bundle
-from toolkit.errors import ToolkitError
-from toolkit.run import load_run
-from toolkit.score import ScoreConfig, score_file
+from toolkit.scoring.onnx_bundle import Bundle
+from toolkit.common.errors import ToolkitError
+from toolkit.training.run_dir import load_run
+from toolkit.batch.stream import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -210,7 +210,7 @@ def test_changed_input_or_model_is_refused_unless_restart(tmp_path, models, pair
 
 
 # -- exactly once under SIGKILL at any step ------------------------------------------------------------------
-# Crash points (toolkit/failpoints.py) where the process kills itself, by phase of the job.
+# Crash points (toolkit/common/failpoints.py) where the process kills itself, by phase of the job.
 SCORING_POINTS = ("score.part-written", "score.part-renamed", "score.manifest-updated")
 
 
@@ -410,7 +410,7 @@ def test_a_second_job_on_an_output_is_refused_while_the_first_runs(tmp_path, mod
 def test_shards_of_a_folder_run_side_by_side_and_other_jobs_on_it_are_refused(tmp_path, models, small_pairs):
     """Shards of one output folder run at once; the same shard again, an unsharded job (its --restart
     would remove every shard's parts) and a Ray job on the folder are refused; no lock file outlives them."""
-    from toolkit.score_ray import RayConfig, score_ray
+    from toolkit.batch.ray_engine import RayConfig, score_ray
 
     out = tmp_path / "out"
 
@@ -439,7 +439,7 @@ def test_shards_of_a_folder_run_side_by_side_and_other_jobs_on_it_are_refused(tm
 def test_a_lock_file_that_names_no_job_still_refuses(tmp_path):
     """A job caught between taking the lock and writing its name (or a file that cannot be read) is
     still another job: refused, in one line, naming the lock file."""
-    from toolkit.io_utils import OutputBusyError, lock_path, output_lock
+    from toolkit.common.atomic_io import OutputBusyError, lock_path, output_lock
 
     out = tmp_path / "scores.parquet"
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"

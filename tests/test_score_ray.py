@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import stsb_rows, write_pairs
-from toolkit.errors import ToolkitError
-from toolkit.score import ScoreConfig, score_file
+from toolkit.common.errors import ToolkitError
+from toolkit.batch.stream import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -59,7 +59,7 @@ def _same(local: list[dict], remote: list[dict]) -> None:
 
 
 def test_one_file_in_parts_equals_the_local_engine(tmp_path, local_ray, bundle):
-    from toolkit.score_ray import RayConfig, score_ray
+    from toolkit.batch.ray_engine import RayConfig, score_ray
 
     src = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(_rows(450)), src, row_group_size=100)
@@ -74,7 +74,7 @@ def test_one_file_in_parts_equals_the_local_engine(tmp_path, local_ray, bundle):
 
 def test_folder_of_files_and_bad_rows(tmp_path, local_ray, bundle):
     """CSV + JSONL in one folder; skipped rows are counted and reported with file and line, as locally."""
-    from toolkit.score_ray import RayConfig, score_ray
+    from toolkit.batch.ray_engine import RayConfig, score_ray
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -116,8 +116,8 @@ def test_write_publishes_only_the_planned_ids_each_once(tmp_path, local_ray):
 
     import numpy as np
 
-    from toolkit.score import part_table
-    from toolkit.score_ray import RayConfig, _score_log, _write, plan_reads
+    from toolkit.batch.stream import part_table
+    from toolkit.batch.ray_engine import RayConfig, _score_log, _write, plan_reads
     from toolkit.sources import PairSource
 
     src = write_pairs(tmp_path / "pairs.csv", _rows(30))
@@ -135,7 +135,7 @@ def test_write_publishes_only_the_planned_ids_each_once(tmp_path, local_ray):
 
 
 def test_refusals(tmp_path, local_ray, bundle, small_stsb):
-    from toolkit.score_ray import RayConfig, score_ray
+    from toolkit.batch.ray_engine import RayConfig, score_ray
 
     cfg = ScoreConfig(progress=False)
     with pytest.raises(ToolkitError, match="folder of Parquet files"):

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import stsb_rows
-from toolkit.score import ScoreConfig, score_file
+from toolkit.batch.stream import ScoreConfig, score_file
 from toolkit.sources import SourceOptions
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(small_models, small_stsb, tmp_path_factory) -> dict[str, Path]:
-    from toolkit.export import ExportConfig, export_onnx
+    from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
 
     int8 = tmp_path_factory.mktemp("int8") / "bundle"
     # the gate is not under test here (the 48-pair model is barely trained); any int8 bundle will do

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from conftest import dict_rows, stsb_rows, write_pairs
 
-from toolkit.errors import BadInputError
+from toolkit.common.errors import BadInputError
 from toolkit.sources import Columns, PairSource, SourceOptions, read_pairs
 
 

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from toolkit.errors import ToolkitError
-from toolkit.model import ModelConfig
-from toolkit.run import load_run
+from toolkit.common.errors import ToolkitError
+from toolkit.model.regressor import ModelConfig
+from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.train import DataConfig, TrainConfig, train
+from toolkit.training.loop import DataConfig, TrainConfig, train
 
 
 def run_train(out, small_stsb, limit=None, **kw):
@@ -77,9 +77,9 @@ def test_refuses_to_overwrite_and_bad_settings(tmp_path, small_stsb, monkeypatch
 
 
 def test_bf16_on_cpu(tmp_path, small_stsb, monkeypatch):
-    import toolkit.distributed
+    import toolkit.training.distributed
 
-    if toolkit.distributed.cpu_has_bf16():  # this machine's AMD EPYC has AVX512-BF16: bf16 trains
+    if toolkit.training.distributed.cpu_has_bf16():  # this machine's AMD EPYC has AVX512-BF16: bf16 trains
         result = run_train(tmp_path / "b", small_stsb, limit=32, epochs=1, precision="bf16")
         assert result.summary["history"][1]["train_loss"] > 0
     monkeypatch.setattr(toolkit.distributed, "cpu_has_bf16", lambda: False)  # a CPU without it

@@ -16,13 +16,13 @@ import torch
 from conftest import write_stsb_slice
 from safetensors import safe_open
 
-from toolkit.errors import ToolkitError
-from toolkit.loading import resolve_model
-from toolkit.model import ModelConfig, mean_pool
-from toolkit.run import load_run
+from toolkit.common.errors import ToolkitError
+from toolkit.model.safe_loading import resolve_model
+from toolkit.model.regressor import ModelConfig, mean_pool
+from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.train import DataConfig, TrainConfig, train
-from toolkit.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, parse_alphas, wise
+from toolkit.training.loop import DataConfig, TrainConfig, train
+from toolkit.robustness.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, parse_alphas, wise
 
 MAX_LEN = 48
 
@@ -290,7 +290,7 @@ def test_ridge_takes_the_largest_penalty_within_one_se_and_extends_past_its_edge
     """The penalty is the largest within one standard error of the best dev MSE (against numpy's solve
     per penalty), larger than the best's; a choice at the end of the grid is not trusted: the grid
     grows by decades; a target the features cannot explain stays at the edge, flagged."""
-    from toolkit.probe import EXTEND_DECADES, RIDGE_PENALTIES, fit_ridge
+    from toolkit.training.linear_probe import EXTEND_DECADES, RIDGE_PENALTIES, fit_ridge
 
     rng = np.random.default_rng(0)
     x, x_dev = rng.normal(size=(400, 40)), rng.normal(size=(400, 40))
@@ -322,7 +322,7 @@ def test_output_ensemble_mixes_the_two_endpoints_scores(tmp_path, runs, small_st
     endpoints are then predicted on their own), with α chosen on a named set."""
     from scipy.stats import spearmanr
 
-    from toolkit.wise import EvalSet, WiseConfig, wise
+    from toolkit.robustness.wise import EvalSet, WiseConfig, wise
 
     pairs, _ = read_pairs(small_stsb["dev"], SourceOptions(), gold=True)
     run = load_run(runs["bi-seq_bn"], fused_kernel="off")

@@ -16,9 +16,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
-from .choices import Provider, Runtime
-from .config_io import field_hints
-from .errors import ToolkitError
+from toolkit.common.choices import Provider, Runtime
+from toolkit.common.config_io import field_hints
+from toolkit.common.errors import ToolkitError
 
 Say = Optional[Callable[[str], None]]
 
@@ -26,32 +26,32 @@ Say = Optional[Callable[[str], None]]
 def option_classes(command: str) -> tuple[type, ...]:
     """The config dataclasses whose fields are ``command``'s keyword options (imported here, per
     command: scoring a bundle imports no torch)."""
-    from .sources import SourceOptions
+    from toolkit.sources import SourceOptions
 
     if command == "train":
-        from .model import ModelConfig
-        from .run_data import DataConfig
-        from .train import TrainConfig
+        from toolkit.model.regressor import ModelConfig
+        from toolkit.training.run_data import DataConfig
+        from toolkit.training.loop import TrainConfig
 
         return ModelConfig, TrainConfig, DataConfig
     if command == "search":
-        from .model import ModelConfig
-        from .run_data import DataConfig
-        from .search import SearchConfig
-        from .train import TrainConfig
+        from toolkit.model.regressor import ModelConfig
+        from toolkit.training.run_data import DataConfig
+        from toolkit.training.search import SearchConfig
+        from toolkit.training.loop import TrainConfig
 
         return ModelConfig, TrainConfig, DataConfig, SearchConfig
     if command == "export":
-        from .export import ExportConfig
+        from toolkit.artifacts.onnx_export import ExportConfig
 
         return (ExportConfig,)
     if command == "score":
-        from .score import ScoreConfig
-        from .score_ray import RayConfig
+        from toolkit.batch.stream import ScoreConfig
+        from toolkit.batch.ray_engine import RayConfig
 
         return ScoreConfig, RayConfig, SourceOptions
     if command == "wise":
-        from .wise import WiseConfig
+        from toolkit.robustness.wise import WiseConfig
 
         return WiseConfig, SourceOptions
     if command in ("check", "evaluate"):
@@ -97,7 +97,7 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
 
 
 def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
-    from .config_io import checked
+    from toolkit.common.config_io import checked
 
     hints = field_hints(cls)
     kwargs = {}
@@ -123,7 +123,7 @@ def configs(command: str, options: dict[str, Any]) -> list[Any]:
 
 def _data_path(text: str, split: str) -> str:
     if text.startswith("stsb:"):
-        from .sources import resolve_data_spec
+        from toolkit.sources import resolve_data_spec
 
         return str(resolve_data_spec(text)[split])
     return str(text)
@@ -145,7 +145,7 @@ def _set_data(data_cfg, data: Optional[str]) -> None:
 def _as_trained(model: str, source, say: Say, gold: bool = True):
     """``source`` with what the user left out taken from the model's training: its sentence (and score)
     column names, and for gold files its score range; says what was taken."""
-    from .load import trained_reading
+    from toolkit.artifacts.open_model import trained_reading
 
     trained, score_range = trained_reading(model)
     filled, taken = source.columns.filled(trained)
@@ -170,7 +170,7 @@ def check(file: str, *, gold: bool = True, **options: Any):
         file: pair file (CSV/TSV/JSONL/Parquet/SQLite)
         gold: the file has gold scores (--no-gold: pairs to be scored)
     """
-    from .check import check_file
+    from toolkit.sources.check import check_file
 
     (source,) = configs("check", options)
     return check_file(file, dataclasses.replace(source, need_score=gold))
@@ -191,7 +191,7 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
             do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)
         progress: progress bar with rate and ETA (--quiet: none; the log lines are printed either way)
     """
-    from .train import resume as resume_run, train as train_run
+    from toolkit.training.loop import resume as resume_run, train as train_run
 
     if resume:
         return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")), progress=progress)
@@ -216,7 +216,7 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
         test: pair file scored by the chosen setting's seed runs, after the choice (default with stsb: its test split)
         progress: each training run's progress bar with rate and ETA (--quiet: none)
     """
-    from .search import search as run_search
+    from toolkit.training.search import search as run_search
 
     if not out:
         raise ToolkitError("name the search folder: --out FOLDER")
@@ -232,7 +232,7 @@ def load(path: str | Path, batch_size: int = 128, provider: str = "auto", thread
          trust_remote_code: bool = False, runtime: Runtime = "auto", say: Say = None):
     """A model ready to score pairs, whatever ``path`` holds (run, merged folder, ONNX bundle):
     ``predict(pairs)`` or ``predict(s1, s2)`` gives scores on the user's scale."""
-    from .load import load_model
+    from toolkit.artifacts.open_model import load_model
 
     model = load_model(path, trust_remote_code=trust_remote_code, provider=provider, threads=threads, runtime=runtime,
                        log=say)
@@ -240,7 +240,7 @@ def load(path: str | Path, batch_size: int = 128, provider: str = "auto", thread
 
 
 def _open(model: str, provider: str, runtime: str, trust_remote_code: bool, say: Say):
-    from .load import load_model
+    from toolkit.artifacts.open_model import load_model
 
     opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider, runtime=runtime, log=say)
     if hasattr(opened, "describe"):
@@ -284,7 +284,7 @@ def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str
             the fastest that passes the bundle's gate on this machine, measured once and remembered
         trust_remote_code: allow a model folder's own code (auto_map)
     """
-    from .evaluate import evaluate_file
+    from toolkit.artifacts.evaluate import evaluate_file
 
     (source,) = configs("evaluate", options)
     opened = _open(model, provider, runtime, trust_remote_code, say)
@@ -304,7 +304,7 @@ def merge(run: str, out: str, *, overwrite: bool = False) -> Path:
         out: merged model directory to write
         overwrite: replace a folder already in out
     """
-    from .merge import merge_run
+    from toolkit.artifacts.merge import merge_run
 
     return merge_run(run, out, overwrite=overwrite)
 
@@ -324,7 +324,7 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
     """
     (cfg,) = configs("export", options)
     if format == "sentence-transformers":
-        from .st_folders import export_sentence_transformers
+        from toolkit.artifacts.st_export import export_sentence_transformers
 
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
         if changed:
@@ -332,7 +332,7 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
         return export_sentence_transformers(model, out, overwrite=overwrite, log=say or _quiet)
     if format != "onnx":
         raise ToolkitError(f"format={format!r}: choose 'onnx' or 'sentence-transformers'")
-    from .export import export_onnx
+    from toolkit.artifacts.onnx_export import export_onnx
 
     return export_onnx(model, out, cfg, overwrite=overwrite, log=say or _quiet)
 
@@ -351,17 +351,17 @@ def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = 
     cfg, ray_cfg, source = configs("score", options)
     source = dataclasses.replace(_as_trained(model, source, say, gold=False), need_score=False)
     if engine == "ray":
-        from .score_ray import score_ray
+        from toolkit.batch.ray_engine import score_ray
 
         return score_ray(str(model), data, out, source, cfg, ray_cfg)
-    from .score import score_file
+    from toolkit.batch.stream import score_file
 
     return score_file(str(model), data, out, source, cfg, log=say)
 
 
 def _eval_set(text: str, role: str, split: str):
     """``[NAME=]PATH`` (``stsb:FOLDER`` takes the split the role reads)."""
-    from .wise import EvalSet
+    from toolkit.robustness.wise import EvalSet
 
     name, sep, path = text.partition("=")
     if not sep or not name or "/" in name or name.startswith("stsb:"):
@@ -390,7 +390,7 @@ def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (
             tie of it, the smallest α)
         overwrite: replace a folder already in out
     """
-    from .wise import wise as run_wise
+    from toolkit.robustness.wise import wise as run_wise
 
     cfg, source = configs("wise", options)
     source = _as_trained(run, source, say)
@@ -407,6 +407,6 @@ def shift_splits(stsb: str, *, out: str) -> dict[str, dict[str, int]]:
         stsb: the STS-B release folder
         out: folder for heldout-{captions,news,forum}/
     """
-    from .shift import write_genre_shift
+    from toolkit.sources.genre_shift import write_genre_shift
 
     return write_genre_shift(stsb, out)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Annotated, Callable, Optional, Sequence
 
-from .config_io import checked
-from .errors import ToolkitError, escape, first_line, shorten, show, show_path
+from toolkit.common.config_io import checked
+from toolkit.common.errors import ToolkitError, escape, first_line, shorten, show, show_path
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _parameters(cmd: Command, func: Callable) -> list[tuple[str, Any, Any]]:
 
 def command_class(name: str) -> type:
     """The dataclass tyro parses for ``name``: the function's parameters, then one field per config class."""
-    from . import api
+    from toolkit import api
 
     cmd = COMMANDS[name]
     fields = _parameters(cmd, getattr(api, cmd.function))
@@ -102,7 +102,7 @@ def command_class(name: str) -> type:
 
 def flatten(parsed: Any) -> dict[str, Any]:
     """The parsed command as the keyword arguments of its api function (config classes opened)."""
-    from .api import option_fields
+    from toolkit.api import option_fields
 
     out: dict[str, Any] = {}
     for f in dataclasses.fields(parsed):
@@ -120,7 +120,7 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
     import tyro
     import yaml
 
-    from .api import configs
+    from toolkit.api import configs
 
     where = show_path(Path(path))
     try:
@@ -212,7 +212,7 @@ def _say(line: str) -> None:
 
 
 def run(name: str, options: dict[str, Any]) -> int:
-    from . import api
+    from toolkit import api
 
     func = getattr(api, COMMANDS[name].function)
     if "say" in inspect.signature(func).parameters:
@@ -222,7 +222,7 @@ def run(name: str, options: dict[str, Any]) -> int:
         print("\n".join(result.lines()))
         return 0 if result.ok else 1
     if name == "eval":
-        from .metrics import format_metrics
+        from toolkit.scoring.metrics import format_metrics
 
         print(f"{options['model']} on {options['data']}: {format_metrics(result)}")
         for group, m in result.get("groups", {}).items():

@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from ..errors import BadInputError, show, show_path
-from .options import SourceOptions
-from .records import RawChunk, Split
+from toolkit.common.errors import BadInputError, show, show_path
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.records import RawChunk, Split
 
 SNIFF_BYTES = 1 << 16
 UTF8_BOM = b"\xef\xbb\xbf"

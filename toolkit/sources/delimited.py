@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import BadInputError, escape, show, show_names
-from .base import UTF8_BOM, Reader, sniff_text
-from .options import SourceOptions
-from .records import RawChunk, Split
+from toolkit.common.errors import BadInputError, escape, show, show_names
+from toolkit.sources.base import UTF8_BOM, Reader, sniff_text
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.records import RawChunk, Split
 
 # The STS-B release: genre, filename, year, id, score, sentence1, sentence2, then on some lines
 # source attributions as extra fields; text holds bare double quotes, so quoting must be off.

@@ -12,11 +12,11 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 
-from ..errors import BadInputError, escape, first_line, show, show_path
-from .base import Reader, native_path
-from .options import SourceOptions
-from .parquet import column_values, nested_not_utf8
-from .records import RawChunk
+from toolkit.common.errors import BadInputError, escape, first_line, show, show_path
+from toolkit.sources.base import Reader, native_path
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.parquet import column_values, nested_not_utf8
+from toolkit.sources.records import RawChunk
 
 STATE, DICT = "state.json", "dataset_dict.json"
 

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..errors import show, show_names
-from .base import UTF8_BOM, Reader, sniff_text
-from .options import SourceOptions
-from .records import RawChunk, Split
+from toolkit.common.errors import show, show_names
+from toolkit.sources.base import UTF8_BOM, Reader, sniff_text
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.records import RawChunk, Split
 
 
 class _Repeated(dict):

@@ -10,8 +10,8 @@ from typing import Literal, Mapping, Optional
 
 import tyro
 
-from ..choices import Format, Policy
-from ..option_types import ScoreRange
+from toolkit.common.choices import Format, Policy
+from toolkit.common.option_types import ScoreRange
 
 
 DEFAULT_COLUMNS = {"s1_col": "sentence1", "s2_col": "sentence2", "score_col": "score"}

@@ -7,10 +7,10 @@ from typing import Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import first_line, show
-from .base import Reader, native_path, require_file
-from .options import SourceOptions
-from .records import RawChunk, Split
+from toolkit.common.errors import first_line, show
+from toolkit.sources.base import Reader, native_path, require_file
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.records import RawChunk, Split
 
 
 class ParquetReader(Reader):

@@ -8,17 +8,17 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..errors import BadInputError, show, show_names, show_path
-from .base import Reader
-from .delimited import DelimitedReader
-from .hf_dataset import HFDatasetReader, is_dataset_folder
-from .jsonl import JsonlReader
-from ..choices import FORMATS, POLICIES
-from .options import Columns, SourceOptions
-from .parquet import ParquetReader
-from .records import PairChunk, RawChunk, Split
-from .sqlite import SqliteReader
-from .validate import label_problem, parse_score, text_problem
+from toolkit.common.errors import BadInputError, show, show_names, show_path
+from toolkit.sources.base import Reader
+from toolkit.sources.delimited import DelimitedReader
+from toolkit.sources.hf_dataset import HFDatasetReader, is_dataset_folder
+from toolkit.sources.jsonl import JsonlReader
+from toolkit.common.choices import FORMATS, POLICIES
+from toolkit.sources.options import Columns, SourceOptions
+from toolkit.sources.parquet import ParquetReader
+from toolkit.sources.records import PairChunk, RawChunk, Split
+from toolkit.sources.sqlite import SqliteReader
+from toolkit.sources.validate import label_problem, parse_score, text_problem
 
 EXTENSIONS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",

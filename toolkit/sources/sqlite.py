@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import quote
 
-from ..errors import first_line, show, show_names
-from .base import Reader, native_path, require_file
-from .options import SourceOptions
-from .records import RawChunk
+from toolkit.common.errors import first_line, show, show_names
+from toolkit.sources.base import Reader, native_path, require_file
+from toolkit.sources.options import SourceOptions
+from toolkit.sources.records import RawChunk
 
 
 def _quote_ident(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from ..errors import escape, show
+from toolkit.common.errors import escape, show
 
 
 def _utf8_problem(value: str, column: str) -> Optional[str]:

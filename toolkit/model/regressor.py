@@ -1,0 +1,256 @@
+"""The pair regressor: a pretrained encoder with an adapter, as a cross- or bi-encoder.
+
+cross: the pair is encoded jointly and the adapters library's classification head (one output),
+       on the [CLS] state or the mean of the token states (``pooling``), regresses the normalised
+       score; with a sigmoid after it (``head_activation``), as sentence-transformers' CrossEncoder
+       trains with BCE on scores scaled to 0..1.
+bi:    each sentence is encoded alone and mean-pooled; the score is the cosine of the two
+       embeddings, trained with MSE against the score mapped to 0..1 (sentence-transformers'
+       CosineSimilarityLoss), or by ranking the batch's pairs (CoSENT, AnglE: losses.py). With the
+       adapter at its initial (identity) weights, or switched off, this is exactly the pre-trained
+       sentence embedding model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+import tyro
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling, check_choices
+from toolkit.common.errors import ToolkitError
+from toolkit.model.safe_loading import DEFAULT_MODEL, load_adapter_model
+from toolkit.model.losses import angle_similarity
+
+NAME = "pair"  # the adapter's and the head's name inside the adapters library
+FULL_WEIGHTS = "model.safetensors"
+ADAPTER_WEIGHTS = ("adapter.safetensors",)
+HEAD_WEIGHTS = "model_head.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """What to build; saved in the run directory, so later commands take no model options."""
+
+    base_model: Annotated[str, tyro.conf.arg(aliases=("--model",))] = DEFAULT_MODEL
+    """short name or local model folder"""
+    arch: Arch = "bi"  # bi: cosine of two embeddings; cross: joint encoding + head
+    adapter: Adapter = "seq_bn"  # adapter type; none = full fine-tuning
+    reduction_factor: Optional[float] = None  # bottleneck adapters: hidden size / bottleneck width (default: library's)
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: Optional[float] = None  # LoRA alpha (default: equal to the rank: scaling 1)
+    max_length: int = 128  # tokens per input
+    head_layers: int = 2  # cross-encoders: layers of the regression head
+    pooling: Optional[Pooling] = None  # cross-encoders: what the head reads, the [CLS] state (default) or the mean
+    head_activation: Optional[HeadActivation] = None
+    """cross-encoders: the head's output function (default: sigmoid when trained with --loss bce, else identity)"""
+    dropout: Optional[float] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
+    fused_kernel: Literal["auto", "on", "off"] = "auto"
+    """Triton kernel for bottleneck adapters (auto: on with a CUDA GPU and Triton)"""
+    trust_remote_code: bool = False  # allow a model folder's own code (auto_map)
+
+    def validate(self) -> None:
+        check_choices(self)
+        if self.reduction_factor is not None and not self.reduction_factor > 0:
+            raise ToolkitError("--reduction-factor must be positive")
+        if self.lora_r < 1:
+            raise ToolkitError("--lora-r must be at least 1")
+        if self.max_length < 8:
+            raise ToolkitError("--max-length must be at least 8")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ToolkitError("--dropout must be in [0, 1)")
+        if self.arch == "bi" and (self.pooling is not None or self.head_activation is not None):
+            raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
+                               "each sentence and scores the cosine")
+
+
+def fused_kernel_choice(mode: str) -> tuple[bool, str]:
+    """(fuse?, why). ``auto``: where the kernel runs natively (CUDA and Triton); each kind of call
+    then passes a self-check first (kernels/selfcheck.py). ``on`` also accepts the Triton
+    interpreter on the CPU (TRITON_INTERPRET=1: slow, for tests)."""
+    if mode == "off":
+        return False, "off (--fused-kernel off)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if mode == "on":
+            raise ToolkitError("--fused-kernel on needs Triton (it comes with CUDA builds of torch)") from None
+        return False, "off (Triton is not installed)"
+    if torch.cuda.is_available():
+        return True, f"on ({mode}: CUDA and Triton), each kind of call self-checked at first use"
+    if mode == "on":
+        from toolkit.kernels.adapter_bottleneck import interpreting
+
+        if not interpreting():
+            raise ToolkitError("--fused-kernel on needs a CUDA GPU (or TRITON_INTERPRET=1 to run the kernel "
+                               "on the CPU, slowly, for testing)")
+        return True, "on (Triton interpreter), each kind of call self-checked at first use"
+    return False, "off (auto: no CUDA device)"
+
+
+def kernel_report(model: "PairRegressor") -> dict:
+    """Which path the bottleneck layers take, and why: for the run's log and metrics.json."""
+    fused = 0
+    decisions: list[str] = []
+    if model.kernel_choice[0]:
+        from toolkit.kernels.adapter_module import FusedBottleneckAdapter
+        from toolkit.kernels.selfcheck import verdicts
+
+        fused = sum(isinstance(m, FusedBottleneckAdapter) for m in model.modules())
+        decisions = [f"{call.describe()}: {'fused kernel' if v.ok else 'PyTorch'} ({v.reason})"
+                     for call, v in verdicts().items()]
+    return {"requested": model.cfg.fused_kernel, "choice": model.kernel_choice[1], "fused_layers": fused,
+            "decisions": decisions}
+
+
+def adapter_config(cfg: ModelConfig):
+    """The adapters library's config for our adapter names.
+
+    Bottleneck adapters start as the identity (up-projection zero, the library's "mam_adapter"
+    init), as LoRA (B = 0) and IA3 (scales = 1) do: training starts from the pre-trained model.
+    """
+    import adapters
+
+    rf = {} if cfg.reduction_factor is None else {"reduction_factor": cfg.reduction_factor}
+    if cfg.adapter == "seq_bn":
+        return adapters.SeqBnConfig(init_weights="mam_adapter", **rf)
+    if cfg.adapter == "double_seq_bn":
+        return adapters.DoubleSeqBnConfig(init_weights="mam_adapter", **rf)
+    if cfg.adapter == "par_bn":
+        return adapters.ParBnConfig(**rf)
+    if cfg.adapter == "lora":
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_r
+        return adapters.LoRAConfig(r=cfg.lora_r, alpha=alpha)
+    if cfg.adapter == "ia3":
+        return adapters.IA3Config()
+    raise ValueError(cfg.adapter)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class PairRegressor(nn.Module):
+    """Maps a batch to normalised scores (the unit the loss is computed in)."""
+
+    def __init__(self, encoder: nn.Module, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.kernel_choice: tuple[bool, str] = (False, "off")
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, base_folder: Path, weights: Optional[Path] = None) -> "PairRegressor":
+        """A fresh model (``weights`` None) or one restored from a run directory's weights."""
+        cfg.validate()
+        encoder = load_adapter_model(base_folder, cfg.trust_remote_code)
+        cross = cfg.arch == "cross"
+        if cfg.adapter == "none":
+            if cross:
+                encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
+            if weights is not None:
+                _load_full(encoder, weights / FULL_WEIGHTS)
+        else:
+            if weights is None:
+                encoder.add_adapter(NAME, config=adapter_config(cfg))
+                if cross:
+                    encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
+            else:
+                _require(weights, [*ADAPTER_WEIGHTS, "adapter_config.json"] +
+                         ([HEAD_WEIGHTS, "head_config.json"] if cross else []))
+                encoder.load_adapter(str(weights), use_safetensors=True, with_head=cross)
+            encoder.train_adapter(NAME)  # freezes the encoder, leaves adapter and head trainable
+        if cross:
+            encoder.active_head = NAME
+        base = getattr(encoder, "base_model", encoder)
+        pooler = getattr(base, "pooler", None)
+        if pooler is not None:  # unused by both architectures: keep it out of the optimiser (and DDP)
+            pooler.requires_grad_(False)
+        if cfg.dropout is not None:
+            for module in encoder.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = cfg.dropout
+                if isinstance(getattr(module, "dropout_prob", None), float):  # SDPA attention keeps a float
+                    module.dropout_prob = cfg.dropout
+        choice = fused_kernel_choice(cfg.fused_kernel)
+        if choice[0]:
+            from toolkit.kernels.adapter_module import fuse_adapters
+
+            if fuse_adapters(encoder) == 0:
+                if cfg.fused_kernel == "on":
+                    raise ToolkitError(f"--fused-kernel on: adapter {cfg.adapter} has no bottleneck layers the "
+                                       "kernel fuses (seq_bn and double_seq_bn do)")
+                choice = (False, f"off (adapter {cfg.adapter} has no bottleneck layers the kernel fuses)")
+        model = cls(encoder, cfg)
+        model.kernel_choice = choice
+        model.eval()
+        return model
+
+    @property
+    def config(self):
+        """The encoder's config (DeepSpeed's "auto" bucket sizes read ``hidden_size`` from it)."""
+        return self.encoder.config
+
+    # -- forward -------------------------------------------------------------------------------
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return mean_pool(out[0], attention_mask)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None,
+                output: str = "score") -> torch.Tensor:
+        """Normalised scores (``output`` "score"); what a training loss takes instead (losses.OUTPUT):
+        "angle", a bi-encoder's AnglE similarity, or "logit", a cross-encoder's head before its sigmoid."""
+        if self.cfg.arch == "cross":
+            if self.cfg.pooling == "mean":  # the library's head reads [CLS] unless given its input
+                hidden = self.encoder.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                                 token_type_ids=token_type_ids)[0]
+                logits = self.encoder.heads[NAME]((hidden,), cls_output=mean_pool(hidden, attention_mask))[0]
+            else:
+                logits = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                      token_type_ids=token_type_ids).logits
+            logits = logits[:, 0].float()
+            if self.cfg.head_activation == "sigmoid" and output != "logit":
+                return torch.sigmoid(logits)
+            return logits
+        emb = self.embed(input_ids, attention_mask, token_type_ids)
+        a, b = emb.float().chunk(2)
+        if output == "angle":
+            return angle_similarity(a, b)
+        return F.cosine_similarity(a, b, dim=-1)
+
+    # -- parameters ----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+
+    # -- weights -------------------------------------------------------------------------------
+    def save_weights(self, folder: Path) -> None:
+        """Only what training changed: the adapter (+ head) in the adapters library's format,
+        or every weight for full fine-tuning; safetensors in both cases."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.adapter == "none":
+            save_model(self.encoder, str(folder / FULL_WEIGHTS))  # handles tied tensors
+        else:
+            self.encoder.save_adapter(str(folder), NAME, with_head=self.cfg.arch == "cross", use_safetensors=True)
+
+
+def _require(folder: Path, names: list[str]) -> None:
+    for name in names:
+        if not (folder / name).is_file():
+            raise ToolkitError(f"{folder}: missing {name} (pickled weights are never loaded)")
+
+
+def _load_full(encoder: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ToolkitError(f"{path.parent}: missing {path.name}")
+    missing, unexpected = load_model(encoder, str(path), strict=False)
+    if missing or unexpected:
+        raise ToolkitError(f"{path}: does not match the model (missing {len(missing)}, unexpected "
+                           f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]})")

