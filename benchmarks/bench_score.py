@@ -52,7 +52,8 @@ from toolkit.common.errors import ToolkitError  # noqa: E402
 from toolkit.artifacts.onnx_export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402
 from toolkit.artifacts.open_model import load_model  # noqa: E402
 from toolkit.scoring.metrics import evaluate_predictions  # noqa: E402
-from toolkit.batch.stream import ScoreConfig, score_file  # noqa: E402
+from toolkit.batch.config import ScoreConfig  # noqa: E402
+from toolkit.batch.stream import score_file  # noqa: E402
 from toolkit.sources import Columns, SourceOptions, read_pairs  # noqa: E402
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"

@@ -98,7 +98,9 @@ def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
     from toolkit.model.regressor import ModelConfig
     from toolkit.sources import SourceOptions
-    from toolkit.training.loop import DataConfig, TrainConfig, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
 
     root = tmp_path_factory.mktemp("small_models")
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))

@@ -14,7 +14,9 @@ import torch
 
 from toolkit.model.regressor import ModelConfig
 from toolkit.sources import SourceOptions
-from toolkit.training.loop import BatchSeen, DataConfig, TrainConfig, train
+from toolkit.training.config import BatchSeen, TrainConfig
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.training.distributed import gather_with_grad, make_accelerator
 from toolkit.model.losses import batch_objective
+from toolkit.training.distributed import gather_with_grad, make_accelerator
 
 PER_DEVICE, ACCUMULATION, FEATURES = 8, 2, 6
 

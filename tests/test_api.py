@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import assert_recorded_choices
 
 REPO = Path(__file__).resolve().parents[1]

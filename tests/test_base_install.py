@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from conftest import assert_recorded_choices
 
 REPO = Path(__file__).resolve().parents[1]

@@ -135,20 +135,20 @@ def test_each_option_is_defined_once_and_documented(command, capsys):
 
     import docstring_parser
 
-    from toolkit import api, cli
+    from toolkit import api, cli, options
 
     func = getattr(api, cli.COMMANDS[command].function)
     own = [p.name for p in inspect.signature(func).parameters.values()
            if p.kind is not p.VAR_KEYWORD and p.name != "say"]
-    names = own + api.option_names(cli.COMMANDS[command].function)
+    names = own + options.option_names(cli.COMMANDS[command].function)
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     assert set(own) <= {p.arg_name for p in docstring_parser.parse(func.__doc__).params}
     with pytest.raises(SystemExit) as done:
         cli.main([command, "--help"])
     assert done.value.code == 0
     help_text = capsys.readouterr().out
-    for cls in api.option_classes(cli.COMMANDS[command].function):
-        for f in api._leaves(cls):
+    for cls in options.option_classes(cli.COMMANDS[command].function):
+        for f in options._leaves(cls):
             flag = "--" + f.name.replace("_", "-")
             assert flag in help_text, flag
 

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stsb_rows, write_pairs, write_stsb_slice
 from safetensors.numpy import load_file
 
-from conftest import stsb_rows, write_pairs, write_stsb_slice
-from toolkit.scoring.metrics import evaluate_predictions
 from toolkit.model.regressor import ModelConfig
-from toolkit.training.run_dir import load_run
+from toolkit.scoring.metrics import evaluate_predictions
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.training.loop import DataConfig, TrainConfig, train
+from toolkit.training.config import TrainConfig
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
+from toolkit.training.run_dir import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "configs"

@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.scoring.onnx_bundle import Bundle
-from toolkit.common.errors import ToolkitError
+from toolkit.artifacts.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
 from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
 from toolkit.artifacts.open_model import load_model
-from toolkit.artifacts.merge import load_merged, merge_into_base, merge_run, unmerge_from_base
+from toolkit.common.errors import ToolkitError
 from toolkit.model.regressor import ModelConfig
-from toolkit.training.run_dir import load_run
+from toolkit.scoring.onnx_bundle import Bundle
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.training.loop import DataConfig, TrainConfig, train
+from toolkit.training.config import TrainConfig
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
+from toolkit.training.run_dir import load_run
 
 NO_TORCH = Path(__file__).resolve().parent / "no_torch"
 
@@ -349,8 +351,8 @@ def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, 
     1.3.0 pins) loads both kinds of folder: equal embeddings and scores."""
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from toolkit.cli import main
     from toolkit.artifacts.st_export import export_sentence_transformers
+    from toolkit.cli import main
 
     bi = load_run(runs["bi-ia3"], fused_kernel="off").predictor(device="cpu")
     st_dir = export_sentence_transformers(runs["bi-ia3"], tmp_path / "st-bi", log=lambda line: None)

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from source_fuzz import EXTENSIONS, case, named_case, named_outcome, outcome, seeds
+
 from toolkit.common.errors import BadInputError
 from toolkit.sources import Columns, PairSource, SourceOptions, read_pairs
 

@@ -14,8 +14,7 @@ pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("needs a GPU or TRITON_INTERPRET=1 (set by conftest)", allow_module_level=True)
 
-from toolkit.kernels.adapter_bottleneck import (  # noqa: E402
-    ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference)
+from toolkit.kernels.adapter_bottleneck import ACTIVATIONS, FusedAdapterFunction, adapter_bottleneck_reference  # noqa: E402
 from toolkit.kernels.adapter_module import FusedBottleneckAdapter, fusable, unfuse_adapters  # noqa: E402
 from toolkit.kernels.selfcheck import TOLERANCE  # noqa: E402
 
@@ -127,8 +126,8 @@ def test_bad_shapes_are_refused():
 # -- in the model --------------------------------------------------------------------------------------
 
 def _models(adapter: str):
-    from toolkit.model.safe_loading import resolve_model
     from toolkit.model.regressor import ModelConfig, PairRegressor
+    from toolkit.model.safe_loading import resolve_model
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
     fused = PairRegressor.create(ModelConfig(adapter=adapter, fused_kernel="on", dropout=0.0), folder)
@@ -178,11 +177,13 @@ def test_unsupported_layers_stay_with_the_library():
 def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_stsb):
     from safetensors.numpy import load_file
 
-    from toolkit.scoring.metrics import evaluate_predictions
     from toolkit.model.regressor import ModelConfig
-    from toolkit.training.run_dir import load_run
+    from toolkit.scoring.metrics import evaluate_predictions
     from toolkit.sources import SourceOptions, read_pairs
-    from toolkit.training.loop import DataConfig, TrainConfig, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
+    from toolkit.training.run_dir import load_run
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=24))
     result = train(tmp_path / "fused", data, ModelConfig(max_length=32, fused_kernel="on"),
@@ -267,9 +268,12 @@ def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdict
 
 def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, monkeypatch):
     import toolkit.kernels.adapter_bottleneck as ab
+
     from toolkit.model.regressor import ModelConfig
     from toolkit.sources import SourceOptions
-    from toolkit.training.loop import DataConfig, TrainConfig, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
 
     real = ab.adapter_backward
 

@@ -122,9 +122,11 @@ def test_a_run_directory_cannot_turn_on_remote_code(tmp_path, small_stsb):
     import sys
 
     from toolkit.model.regressor import ModelConfig
-    from toolkit.training.run_dir import load_run
     from toolkit.sources import SourceOptions
-    from toolkit.training.loop import DataConfig, TrainConfig, resume, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import resume, train
+    from toolkit.training.run_data import DataConfig
+    from toolkit.training.run_dir import load_run
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
     train(tmp_path / "run", data, ModelConfig(max_length=32), TrainConfig(epochs=1, batch_size=8, patience=0,

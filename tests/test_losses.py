@@ -70,10 +70,12 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss
 
-    from toolkit.model.safe_loading import resolve_model
     from toolkit.model.regressor import ModelConfig
+    from toolkit.model.safe_loading import resolve_model
     from toolkit.sources import SourceOptions, read_pairs
-    from toolkit.training.loop import DataConfig, TrainConfig, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
 
     seen = []
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=40))
@@ -96,7 +98,9 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
 def test_rank_losses_are_for_bi_encoders(tmp_path, small_stsb):
     from toolkit.common.errors import ToolkitError
     from toolkit.model.regressor import ModelConfig
-    from toolkit.training.loop import DataConfig, TrainConfig, train
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
 
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]))
     with pytest.raises(ToolkitError, match="--loss cosent ranks a bi-encoder's similarities"):
@@ -124,7 +128,9 @@ def test_bce_by_hand_with_filler_slots():
 def test_bce_combinations_that_cannot_work_are_refused(tmp_path, small_stsb):
     from toolkit.common.errors import ToolkitError
     from toolkit.model.regressor import ModelConfig
-    from toolkit.training.loop import DataConfig, TrainConfig, objective_model, train
+    from toolkit.training.config import TrainConfig, objective_model
+    from toolkit.training.loop import train
+    from toolkit.training.run_data import DataConfig
 
     cross = ModelConfig(arch="cross")
     assert objective_model(cross, TrainConfig(loss="bce")).head_activation == "sigmoid"

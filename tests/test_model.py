@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import stsb_rows
 
-from toolkit.model.batching import PairTokenizer
-from toolkit.common.errors import ToolkitError
-from toolkit.model.label_scale import LabelScale
-from toolkit.model.safe_loading import load_tokenizer, resolve_model
 from toolkit.common.choices import ADAPTERS
+from toolkit.common.errors import ToolkitError
+from toolkit.model.batching import PairTokenizer
+from toolkit.model.label_scale import LabelScale
 from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.safe_loading import load_tokenizer, resolve_model
 from toolkit.scoring.torch_engine import Predictor
 
 FOLDER = resolve_model("all-MiniLM-L6-v2")[1]

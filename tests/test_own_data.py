@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stsb_rows, write_pairs
 from scipy.stats import spearmanr
 
-from conftest import stsb_rows, write_pairs
 from toolkit.cli import main
-from toolkit.training.run_data import DataConfig, held_out_split
 from toolkit.sources import PairChunk
+from toolkit.training.run_data import DataConfig, held_out_split
 
 COLUMNS = ["--s1-col", "question_a", "--s2-col", "question_b", "--score-col", "similarity", "--score-range", "0:1"]
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from toolkit.scoring.onnx_bundle import Bundle, sha256_file
 from toolkit.cli import main
 from toolkit.common.errors import ToolkitError
-from toolkit.training.run_dir import load_run
+from toolkit.scoring.onnx_bundle import Bundle, sha256_file
 from toolkit.sources import SourceOptions, read_pairs
+from toolkit.training.run_dir import load_run
 
 openvino = pytest.importorskip("openvino")
 

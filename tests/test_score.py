@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import stsb_rows
-from toolkit.scoring.onnx_bundle import Bundle
+
+from toolkit.batch.config import ScoreConfig
+from toolkit.batch.stream import score_file
 from toolkit.common.errors import ToolkitError
-from toolkit.training.run_dir import load_run
-from toolkit.batch.stream import ScoreConfig, score_file
+from toolkit.scoring.onnx_bundle import Bundle
 from toolkit.sources import Columns, SourceOptions
+from toolkit.training.run_dir import load_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import stsb_rows, write_pairs
+
+from toolkit.batch.config import ScoreConfig
+from toolkit.batch.stream import score_file
 from toolkit.common.errors import ToolkitError
-from toolkit.batch.stream import ScoreConfig, score_file
 from toolkit.sources import Columns, SourceOptions
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -116,8 +117,8 @@ def test_write_publishes_only_the_planned_ids_each_once(tmp_path, local_ray):
 
     import numpy as np
 
-    from toolkit.batch.stream import part_table
     from toolkit.batch.ray_engine import RayConfig, _score_log, _write, plan_reads
+    from toolkit.batch.outputs import part_table
     from toolkit.sources import PairSource
 
     src = write_pairs(tmp_path / "pairs.csv", _rows(30))

@@ -14,9 +14,10 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import stsb_rows
-from toolkit.batch.stream import ScoreConfig, score_file
+
+from toolkit.batch.config import ScoreConfig
+from toolkit.batch.stream import score_file
 from toolkit.sources import SourceOptions
 
 pytest.importorskip("ray", reason="the ray extra is not installed")

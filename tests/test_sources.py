@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import dict_rows, stsb_rows, write_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import dict_rows, stsb_rows, write_pairs
 
 from toolkit.common.errors import BadInputError
 from toolkit.sources import Columns, PairSource, SourceOptions, read_pairs

@@ -8,9 +8,11 @@ import pytest
 
 from toolkit.common.errors import ToolkitError
 from toolkit.model.regressor import ModelConfig
-from toolkit.training.run_dir import load_run
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.training.loop import DataConfig, TrainConfig, train
+from toolkit.training.config import TrainConfig
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
+from toolkit.training.run_dir import load_run
 
 
 def run_train(out, small_stsb, limit=None, **kw):

@@ -17,12 +17,22 @@ from conftest import write_stsb_slice
 from safetensors import safe_open
 
 from toolkit.common.errors import ToolkitError
-from toolkit.model.safe_loading import resolve_model
 from toolkit.model.regressor import ModelConfig, mean_pool
-from toolkit.training.run_dir import load_run
+from toolkit.model.safe_loading import resolve_model
+from toolkit.robustness.wise import (
+    EvalSet,
+    Interpolation,
+    WiseConfig,
+    check_compatible,
+    choose_alpha,
+    parse_alphas,
+    wise,
+)
 from toolkit.sources import SourceOptions, read_pairs
-from toolkit.training.loop import DataConfig, TrainConfig, train
-from toolkit.robustness.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, parse_alphas, wise
+from toolkit.training.config import TrainConfig
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
+from toolkit.training.run_dir import load_run
 
 MAX_LEN = 48
 

@@ -1,7 +1,8 @@
 """toolkit: adapter fine-tuning of pretrained encoders for sentence-pair regression.
 
 Packages by role, imported one way: common → sources → model → scoring → training → artifacts →
-batch → robustness, and api (every command as a function) with cli (the ``toolkit`` command) on top.
+batch → robustness, and on top api (every command as a function), options (which config dataclasses
+hold each command's options) and cli (the ``toolkit`` command, generated from both).
 No package shares a name with an API function, so ``toolkit.train`` is always the function.
 
 Nothing is fetched from a model hub at run time: the offline switch is set before any Hugging Face

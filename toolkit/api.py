@@ -6,7 +6,7 @@
     model.predict([("A plane is taking off.", "An air plane is taking off.")])   # -> np.ndarray
 
 A function's own parameters are what the command acts on (files, folders); its keyword
-``**options`` are the fields of the config dataclasses ``option_classes`` names for it (nested ones
+``**options`` are the fields of the config dataclasses ``options.option_classes`` names for it (nested ones
 included: ``SourceOptions``'s ``Columns``), spelt as there, with their defaults. The CLI is
 generated from the same two places (cli.py), so each option and default is defined once.
 """
@@ -17,108 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
 from toolkit.common.choices import Provider, Runtime
-from toolkit.common.config_io import field_hints
 from toolkit.common.errors import ToolkitError
+from toolkit.options import configs
 
 Say = Optional[Callable[[str], None]]
-
-
-def option_classes(command: str) -> tuple[type, ...]:
-    """The config dataclasses whose fields are ``command``'s keyword options (imported here, per
-    command: scoring a bundle imports no torch)."""
-    from toolkit.sources import SourceOptions
-
-    if command == "train":
-        from toolkit.model.regressor import ModelConfig
-        from toolkit.training.run_data import DataConfig
-        from toolkit.training.loop import TrainConfig
-
-        return ModelConfig, TrainConfig, DataConfig
-    if command == "search":
-        from toolkit.model.regressor import ModelConfig
-        from toolkit.training.run_data import DataConfig
-        from toolkit.training.search import SearchConfig
-        from toolkit.training.loop import TrainConfig
-
-        return ModelConfig, TrainConfig, DataConfig, SearchConfig
-    if command == "export":
-        from toolkit.artifacts.onnx_export import ExportConfig
-
-        return (ExportConfig,)
-    if command == "score":
-        from toolkit.batch.stream import ScoreConfig
-        from toolkit.batch.ray_engine import RayConfig
-
-        return ScoreConfig, RayConfig, SourceOptions
-    if command == "wise":
-        from toolkit.robustness.wise import WiseConfig
-
-        return WiseConfig, SourceOptions
-    if command in ("check", "evaluate"):
-        return (SourceOptions,)
-    return ()
-
-
-def _is_option(cls: type, name: str) -> bool:
-    """Not a ``tyro.conf.Suppress`` field (values a command sets, such as ``need_score``)."""
-    import tyro
-
-    hint = field_hints(cls)[name]
-    return not any(m is tyro.conf.Suppress for m in getattr(hint, "__metadata__", ()))
-
-
-def _leaves(cls: type) -> list[dataclasses.Field]:
-    """Every field of ``cls`` that is an option, nested config classes opened."""
-    hints = field_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += _leaves(hints[f.name])
-        elif _is_option(cls, f.name):
-            out.append(f)
-    return out
-
-
-def option_names(command: str) -> list[str]:
-    """``command``'s keyword options, in the order of its config classes (each defined once)."""
-    return [f.name for cls in option_classes(command) for f in _leaves(cls)]
-
-
-def option_fields(config: Any) -> list[tuple[Any, str]]:
-    """(owner, name) of each option in a config instance, nested instances opened."""
-    out = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out += option_fields(value)
-        elif _is_option(type(config), f.name):
-            out.append((config, f.name))
-    return out
-
-
-def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
-    from toolkit.common.config_io import checked
-
-    hints = field_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], options, used)
-        elif f.name in options:
-            kwargs[f.name] = checked(f.name, hints[f.name], options[f.name])
-            used.add(f.name)
-    return cls(**kwargs)
-
-
-def configs(command: str, options: dict[str, Any]) -> list[Any]:
-    """``options`` (flat keyword options) as the instances of ``command``'s config classes; an
-    unknown name is refused with the valid ones."""
-    used: set[str] = set()
-    built = [_build(cls, options, used) for cls in option_classes(command)]
-    unknown = sorted(set(options) - used)
-    if unknown:
-        raise ToolkitError(f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(option_names(command)))}")
-    return built
 
 
 def _data_path(text: str, split: str) -> str:
@@ -191,7 +93,8 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
             do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)
         progress: progress bar with rate and ETA (--quiet: none; the log lines are printed either way)
     """
-    from toolkit.training.loop import resume as resume_run, train as train_run
+    from toolkit.training.loop import resume as resume_run
+    from toolkit.training.loop import train as train_run
 
     if resume:
         return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")), progress=progress)

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Annotated, Callable, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 from toolkit.common.config_io import checked
 from toolkit.common.errors import ToolkitError, escape, first_line, shorten, show, show_path
@@ -91,10 +91,11 @@ def _parameters(cmd: Command, func: Callable) -> list[tuple[str, Any, Any]]:
 def command_class(name: str) -> type:
     """The dataclass tyro parses for ``name``: the function's parameters, then one field per config class."""
     from toolkit import api
+    from toolkit.options import option_classes
 
     cmd = COMMANDS[name]
     fields = _parameters(cmd, getattr(api, cmd.function))
-    fields += [(GROUPS[c.__name__], c, field(default_factory=c)) for c in api.option_classes(cmd.function)]
+    fields += [(GROUPS[c.__name__], c, field(default_factory=c)) for c in option_classes(cmd.function)]
     made = dataclasses.make_dataclass(name.replace("-", "_"), fields)
     made.__doc__ = cmd.help
     return made
@@ -102,7 +103,7 @@ def command_class(name: str) -> type:
 
 def flatten(parsed: Any) -> dict[str, Any]:
     """The parsed command as the keyword arguments of its api function (config classes opened)."""
-    from toolkit.api import option_fields
+    from toolkit.options import option_fields
 
     out: dict[str, Any] = {}
     for f in dataclasses.fields(parsed):
@@ -120,7 +121,7 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
     import tyro
     import yaml
 
-    from toolkit.api import configs
+    from toolkit.options import configs
 
     where = show_path(Path(path))
     try:

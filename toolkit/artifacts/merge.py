@@ -16,9 +16,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from toolkit.model.batching import PairTokenizer
-from toolkit.common.errors import ToolkitError
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
+from toolkit.common.errors import ToolkitError
+from toolkit.model.batching import PairTokenizer
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.regressor import NAME, PairRegressor, mean_pool
 from toolkit.training.run_dir import CONFIG, METRICS, Run, load_run
@@ -131,7 +131,7 @@ def merged_plain(run_dir: Path) -> tuple[dict, nn.Module, object]:
     return run.config, plain_model(run.model, base_folder), run.tokens.tokenizer
 
 
-class MergedScorer(nn.Module):
+class MergedRegressor(nn.Module):
     """A merged directory's model with the calls of ``PairRegressor`` that ``Predictor`` and the
     exporter make (``cfg.arch``, ``embed``, ``forward``), with the same outputs."""
 
@@ -152,14 +152,14 @@ class MergedScorer(nn.Module):
 
 
 def load_merged_run(folder: str | Path) -> Run:
-    """A merged folder as a ``Run`` (its model a ``MergedScorer``): eval, predict and score take it."""
+    """A merged folder as a ``Run`` (its model a ``MergedRegressor``): eval, predict and score take it."""
     folder = Path(folder)
     config, scorer, tokenizer = load_merged(folder)
     tokens = PairTokenizer(tokenizer, config["model"]["arch"], config["model"]["max_length"])
     return Run(folder, config, scorer, tokens, LabelScale.from_dict(config["labels"]))
 
 
-def load_merged(folder: str | Path) -> tuple[dict, MergedScorer, object]:
+def load_merged(folder: str | Path) -> tuple[dict, MergedRegressor, object]:
     """(config, scorer, tokenizer) of a merged directory, with plain transformers."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -171,5 +171,5 @@ def load_merged(folder: str | Path) -> tuple[dict, MergedScorer, object]:
     check_model_folder(model_dir, False)
     cls = AutoModel if config["model"]["arch"] == "bi" else AutoModelForSequenceClassification
     plain = cls.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
-    scorer = MergedScorer(plain.eval(), config["model"]["arch"], config["model"].get("head_activation"))
+    scorer = MergedRegressor(plain.eval(), config["model"]["arch"], config["model"].get("head_activation"))
     return config, scorer, load_tokenizer(model_dir, False)

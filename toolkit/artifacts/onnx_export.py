@@ -16,32 +16,29 @@ absolute difference on the score scale), fp16/int8 on the whole dev file (Spearm
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import tempfile
-import warnings
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from toolkit import __version__
-from toolkit.scoring.onnx_bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
-from toolkit.scoring.runtimes import GATE
+from toolkit.artifacts.export_gate import GateRefused, gate, gate_pairs, verdict, verify_pairs
+from toolkit.artifacts.merge import is_merged, load_merged_run
+from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.choices import Attention, Provider
 from toolkit.common.errors import ToolkitError, first_line
-from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.model.label_scale import LabelScale
-from toolkit.artifacts.merge import is_merged, load_merged_run
-from toolkit.scoring.metrics import evaluate_predictions
+from toolkit.scoring.onnx_bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
+from toolkit.scoring.runtimes import GATE
+from toolkit.training.run_data import trained_columns
 from toolkit.training.run_dir import CONFIG, METRICS, load_run
-from toolkit.training.run_data import recorded_data, recorded_dev, trained_columns
-from toolkit.sources import SourceOptions, read_pairs
 
 
 @dataclass
@@ -82,7 +79,6 @@ class ExportConfig:
 
 
 INT8_OPS = ("MatMul", "Attention")  # what int8 quantises: every weight MatMul, fused attention's projections too
-GATE_PAIRS = 2000  # pairs the bundle carries (gate.json) to be gated again on the engine that serves it
 
 # The graph each precision and architecture gets by default, chosen by measurement (benchmarks/bench_score.py,
 # RESULTS.md "CPU scoring at the limit", 2-core AVX2): fused attention where it was faster at parity (cross
@@ -98,7 +94,7 @@ DEFAULT_ATTENTION: dict[tuple[str, str], str] = {
 
 class GraphModule(nn.Module):
     """What goes into the graph: token ids to pooled embeddings (bi) or the normalised score (cross).
-    ``model``: a ``PairRegressor`` or a merged directory's ``MergedScorer`` (the same calls)."""
+    ``model``: a ``PairRegressor`` or a merged directory's ``MergedRegressor`` (the same calls)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -275,75 +271,6 @@ def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print, keep_f
            if untyped else ""))
 
 
-def _verify_pairs(source: Source, cfg: ExportConfig):
-    """(path, pairs) the gate compares on: the run's own dev pairs, read as training read them (its
-    columns, format, table, quoting; a held-out share drawn again), or --verify-data's file read
-    with the run's columns."""
-    where = str(source.folder / CONFIG)
-    if cfg.verify_data:
-        options = recorded_data(source.config, where).source if isinstance(source.config.get("data"), dict) \
-            else SourceOptions()
-        options = dataclasses.replace(options, policy="skip", limit=None, table=None, query=None)
-        path = cfg.verify_data
-        pairs, _ = read_pairs(path, options, gold=True,
-                              score_range=source.config.get("resolved", {}).get("score_range"))
-    else:
-        _, path, pairs = recorded_dev(source.config, where, "--verify-data FILE")
-    if len(pairs) < 8:
-        raise ToolkitError(f"{path}: fewer than 8 usable pairs to verify the export on")
-    return path, pairs
-
-
-class GateRefused(ToolkitError):
-    """The bundle drifts from PyTorch beyond the gate's limit."""
-
-
-def _gate(source: Source, bundle: Bundle, cfg: ExportConfig, path: str, pairs, reference: dict) -> dict:
-    """Compare the bundle with PyTorch on ``pairs`` (from ``path``); raise if it drifts. Returns the figures.
-    ``reference``: PyTorch's scores by pair index, filled here and reused (a second gate, the gate pairs)."""
-    if cfg.variant == "fp32":
-        idx = np.random.default_rng(0).permutation(len(pairs))[:cfg.verify_pairs]
-        s1, s2 = [pairs.s1[i] for i in idx], [pairs.s2[i] for i in idx]
-        diff = float(np.max(np.abs(bundle.predict(s1, s2) - _torch(source, pairs, idx, reference))))
-        figures = {"variant": "fp32", "data": Path(path).name, "pairs": len(idx), "max_abs_diff": diff,
-                   "limit": cfg.max_abs_diff}
-        if not diff <= cfg.max_abs_diff:
-            raise GateRefused(f"export refused: ONNX Runtime differs from PyTorch by up to {diff:.2e} on the score "
-                               f"scale over {len(idx)} pairs of {path} (limit {cfg.max_abs_diff:g})")
-        return figures
-    ours = bundle.predict(pairs.s1, pairs.s2)
-    ref = _torch(source, pairs, np.arange(len(pairs)), reference)
-    m_ours, _ = evaluate_predictions(ours, pairs.scores, ci=False)
-    m_ref, _ = evaluate_predictions(ref, pairs.scores, ci=False)
-    drop = 100 * (m_ref["spearman"] - m_ours["spearman"])
-    figures = {"variant": cfg.variant, "data": Path(path).name, "pairs": len(pairs),
-               "spearman_pytorch": 100 * m_ref["spearman"], "spearman_onnx": 100 * m_ours["spearman"],
-               "spearman_drop": drop, "max_abs_diff": float(np.max(np.abs(ours - ref))),
-               "limit_spearman_drop": cfg.max_spearman_drop}
-    if not drop <= cfg.max_spearman_drop:
-        raise GateRefused(f"export refused: {cfg.variant} loses {drop:.2f} Spearman points against PyTorch on {path} "
-                           f"({100 * m_ref['spearman']:.2f} -> {100 * m_ours['spearman']:.2f}; limit "
-                           f"{cfg.max_spearman_drop:g})")
-    return figures
-
-
-def _torch(source: Source, pairs, idx: np.ndarray, reference: dict) -> np.ndarray:
-    """PyTorch's scores of ``pairs[idx]``, each pair computed once per export."""
-    todo = [int(i) for i in idx if int(i) not in reference]
-    if todo:
-        reference.update(zip(todo, source.torch_predict([pairs.s1[i] for i in todo], [pairs.s2[i] for i in todo])))
-    return np.array([reference[int(i)] for i in idx], dtype=np.float64)
-
-
-def _gate_pairs(source: Source, cfg: ExportConfig, path: str, pairs, reference: dict) -> dict:
-    """What the bundle carries to be gated again where it is served, on other engines and precisions
-    (``runtimes``): a seeded sample of the gate's pairs with their gold and PyTorch's scores."""
-    idx = np.sort(np.random.default_rng(0).permutation(len(pairs))[:GATE_PAIRS])
-    return {"data": Path(path).name, "pairs": len(idx), "s1": [pairs.s1[i] for i in idx],
-            "s2": [pairs.s2[i] for i in idx], "gold": [float(pairs.scores[i]) for i in idx],
-            "reference": _torch(source, pairs, idx, reference).tolist(), "limit_spearman_drop": cfg.max_spearman_drop}
-
-
 def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, overwrite: bool = False,
                 log=print) -> dict:
     """Export, optimise, convert, verify; write the bundle atomically. Returns its metadata."""
@@ -351,7 +278,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     out = Path(out)
     refuse_existing(out, overwrite)
     source = open_source(source_dir)
-    verify_path, verify_pairs = _verify_pairs(source, cfg)  # before the export: a missing file fails at once
+    verify_path, pairs = verify_pairs(source, cfg)  # before the export: a missing file fails at once
     start = time.time()
     reference: dict[int, float] = {}  # PyTorch's scores of the gate's pairs, by index
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
@@ -365,7 +292,7 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
 
         def verify() -> dict:  # on ONNX Runtime: the engine every machine has (others are gated where they serve)
             bundle = Bundle.load(tmp, threads=cfg.threads, provider=cfg.provider)
-            return {**_gate(source, bundle, cfg, verify_path, verify_pairs, reference), "provider": bundle.provider}
+            return {**gate(source, bundle, cfg, verify_path, pairs, reference), "provider": bundle.provider}
 
         try:
             figures = verify()
@@ -379,11 +306,11 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             _write_variant(graph, tmp / MODEL, cfg, log, keep_fp32=keep)
             metadata = _metadata(source, cfg, graph, tmp, keep)
             figures = verify()
-        write_json(tmp / GATE, _gate_pairs(source, cfg, verify_path, verify_pairs, reference))
+        write_json(tmp / GATE, gate_pairs(source, cfg, verify_path, pairs, reference))
         metadata["files"][GATE] = sha256_file(tmp / GATE)
         metadata["verification"] = figures
         write_json(tmp / METADATA, metadata)
-        log(_verdict(metadata["verification"]))
+        log(verdict(metadata["verification"]))
     sizes = ", ".join(f"{name} {(out / name).stat().st_size / 2 ** 20:.1f} MiB" for name in (MODEL, TOKENIZER))
     log(f"bundle written to {out}: {sizes} ({time.time() - start:.0f}s)")
     return metadata
@@ -411,16 +338,6 @@ def _metadata(source: Source, cfg: ExportConfig, graph: Graph, tmp: Path, keep_f
     }
     write_json(tmp / METADATA, metadata)
     return metadata
-
-
-def _verdict(f: dict) -> str:
-    """The gate's figures as a sentence."""
-    where = f"on {f['provider']}, {f['pairs']} pairs of {f['data']}"
-    if f["variant"] == "fp32":
-        return f"verified {where}: ONNX Runtime within {f['max_abs_diff']:.1e} of PyTorch (limit {f['limit']:g})"
-    return (f"verified {where}: Spearman {f['spearman_onnx']:.2f} ({f['variant']}) vs {f['spearman_pytorch']:.2f} "
-            f"(PyTorch), a drop of {f['spearman_drop']:.2f} points (limit {f['limit_spearman_drop']:g}); largest "
-            f"score difference {f['max_abs_diff']:.3f}")
 
 
 def _portable(name: str) -> str:

@@ -16,8 +16,8 @@ KINDS = ("run", "merged", "bundle")
 
 def kind_of(path: str | Path) -> str:
     """Which of the toolkit's outputs ``path`` is; one clear line if none."""
-    from toolkit.scoring.onnx_bundle import METADATA
     from toolkit.common.atomic_io import read_json
+    from toolkit.scoring.onnx_bundle import METADATA
 
     folder = Path(path)
     if (folder / METADATA).is_file():
@@ -56,8 +56,8 @@ def trained_reading(path: str | Path) -> tuple[dict[str, str], Optional[tuple[fl
     """(the sentence and score column names ``path``'s model was trained with where its training named
     them, its score range): how a new file is read when the user says nothing. From its metadata
     or config alone: nothing is loaded."""
-    from toolkit.scoring.onnx_bundle import METADATA
     from toolkit.common.atomic_io import read_json
+    from toolkit.scoring.onnx_bundle import METADATA
 
     folder = Path(path)
     if kind_of(path) == "bundle":

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from toolkit.artifacts.merge import is_merged, load_merged, merged_plain
 from toolkit.common.atomic_io import atomic_dir, refuse_existing, write_json
 from toolkit.model.label_scale import LabelScale
-from toolkit.artifacts.merge import is_merged, load_merged, merged_plain
 
 INFO = "toolkit.json"
 

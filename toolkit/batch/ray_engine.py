@@ -7,7 +7,7 @@ part; CSV/TSV, JSONL and Parquet readers start at the part's offset (byte or row
 folders are read whole by one task yielding their parts. Ray's built-in CSV/JSON/Parquet readers lack
 what scoring needs: the line or row of each record, which default ids are made of, and read one task
 per file. Score: ``map_batches`` with a callable class, one per actor, that loads the model once
-(``Scorer``, the local engine's: ONNX Runtime session and tokenizer, or a run) and scores each part
+(``FileScorer``, the local engine's: ONNX Runtime session and tokenizer, or a run) and scores each part
 whole, so the batches, and therefore the scores, are the local engine's; each actor takes one part at
 a time (``max_tasks_in_flight_per_actor=1``), so none idles while another has a queue, and the job
 starts once the pool is up. Write: Ray Data's ``write_parquet`` into a temporary folder beside the
@@ -29,9 +29,11 @@ from typing import Iterable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from toolkit.common.errors import ToolkitError, first_line, show, show_path
+from toolkit.batch.config import ScoreConfig, ScoreSummary
+from toolkit.batch.outputs import part_table
+from toolkit.batch.stream import FileScorer
 from toolkit.common.atomic_io import atomic_dir, output_lock
-from toolkit.batch.stream import ScoreConfig, ScoreSummary, Scorer, part_table
+from toolkit.common.errors import ToolkitError, first_line, show, show_path
 from toolkit.sources import PairChunk, PairSource, PartPlan, SourceOptions
 from toolkit.sources.hf_dataset import is_dataset_folder
 from toolkit.sources.source import EXTENSIONS
@@ -180,7 +182,7 @@ class ScoreActor:
     """Ray Data's callable class: the model is loaded once per actor."""
 
     def __init__(self, model_path: str, cfg: ScoreConfig, log):
-        self.scorer = Scorer(model_path, cfg)
+        self.scorer = FileScorer(model_path, cfg)
         self.keep_cols = tuple(cfg.keep_cols)
         self.log = log
         context = _ray().get_runtime_context()

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from toolkit.common.errors import ToolkitError, escape, first_line, show_path, shorten
+from toolkit.common.errors import ToolkitError, escape, first_line, shorten, show_path
 
 
 def refuse_existing(out: Path, overwrite: bool, empty_ok: bool = False) -> None:

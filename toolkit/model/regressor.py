@@ -24,8 +24,8 @@ from torch import nn
 
 from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling, check_choices
 from toolkit.common.errors import ToolkitError
-from toolkit.model.safe_loading import DEFAULT_MODEL, load_adapter_model
 from toolkit.model.losses import angle_similarity
+from toolkit.model.safe_loading import DEFAULT_MODEL, load_adapter_model
 
 NAME = "pair"  # the adapter's and the head's name inside the adapters library
 FULL_WEIGHTS = "model.safetensors"

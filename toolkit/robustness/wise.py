@@ -30,15 +30,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from toolkit.common.atomic_io import atomic_dir, atomic_path, refuse_existing, write_json
 from toolkit.common.choices import Metric, check_choices
 from toolkit.common.errors import ToolkitError
-from toolkit.common.atomic_io import atomic_dir, atomic_path, refuse_existing, write_json
 from toolkit.common.option_types import Alphas, parse_alphas  # noqa: F401  (parse_alphas: re-exported)
-from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from toolkit.model.regressor import PairRegressor
-from toolkit.training.run_dir import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, Run, load_run
-from toolkit.training.run_data import recorded_dev
+from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from toolkit.sources import PairChunk, SourceOptions, read_pairs
+from toolkit.training.run_data import recorded_dev
+from toolkit.training.run_dir import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, Run, load_run
 
 RESULTS = "results.jsonl"
 PLOT = "wise.png"

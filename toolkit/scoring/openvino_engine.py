@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from toolkit.scoring.onnx_bundle import OnnxEngine
 from toolkit.common.errors import ToolkitError, first_line
+from toolkit.scoring.onnx_bundle import OnnxEngine
 
 PRECISIONS = ("bf16", "f32")
 HINTS = ("latency", "throughput")

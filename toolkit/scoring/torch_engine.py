@@ -1,5 +1,5 @@
 """PyTorch on the one scoring path (scorer.py): the engine for a ``PairRegressor`` (or a merged
-folder's ``MergedScorer``), and ``Predictor``, the scorer every PyTorch caller uses.
+folder's ``MergedRegressor``), and ``Predictor``, the scorer every PyTorch caller uses.
 
 Given an Accelerator with several processes (training's dev evaluation), the length-sorted batches
 are shared out round-robin and the rows gathered back: every process gets the same, complete

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.common.errors import BadInputError
 from toolkit.common.atomic_io import atomic_dir, write_json
+from toolkit.common.errors import BadInputError
 from toolkit.sources.stsb import SPLIT_FILES
 
 GENRES = {"main-captions": "captions", "main-news": "news", "main-forum": "forum", "main-forums": "forum"}

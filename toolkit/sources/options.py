@@ -13,7 +13,6 @@ import tyro
 from toolkit.common.choices import Format, Policy
 from toolkit.common.option_types import ScoreRange
 
-
 DEFAULT_COLUMNS = {"s1_col": "sentence1", "s2_col": "sentence2", "score_col": "score"}
 
 

@@ -8,12 +8,12 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from toolkit.common.choices import FORMATS, POLICIES
 from toolkit.common.errors import BadInputError, show, show_names, show_path
 from toolkit.sources.base import Reader
 from toolkit.sources.delimited import DelimitedReader
 from toolkit.sources.hf_dataset import HFDatasetReader, is_dataset_folder
 from toolkit.sources.jsonl import JsonlReader
-from toolkit.common.choices import FORMATS, POLICIES
 from toolkit.sources.options import Columns, SourceOptions
 from toolkit.sources.parquet import ParquetReader
 from toolkit.sources.records import PairChunk, RawChunk, Split

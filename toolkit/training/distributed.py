@@ -149,3 +149,24 @@ def gathered(accelerator, params):
         return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
     return nullcontext()
 
+
+def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm: float) -> Optional[dict]:
+    """The DeepSpeed config, with our settings where it says "auto"; a fixed value that disagrees
+    with them is an error (our config owns batch sizes, accumulation and clipping)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    ds = plugin.deepspeed_config
+    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": per_device * accelerator.num_processes * grad_accum,
+            "gradient_clipping": max_grad_norm}
+    for key, value in ours.items():
+        fixed = ds.get(key, "auto")
+        if fixed != "auto" and float(fixed) != float(value):
+            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
+                               f"set it to \"auto\" (the toolkit's flags own it)")
+    ds.update(ours)  # accelerate would fill clipping "auto" with 1.0 and cannot read our batch sampler's size
+    if ("optimizer" in ds) != ("scheduler" in ds):
+        raise ToolkitError("the DeepSpeed config names an optimizer without a scheduler (or the reverse): "
+                           "give both, with \"auto\" values, or neither")
+    return ds

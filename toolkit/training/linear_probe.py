@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from toolkit.model.batching import PairTokenizer
 from toolkit.common.errors import ToolkitError
+from toolkit.model.batching import PairTokenizer
 from toolkit.model.regressor import NAME, PairRegressor
 from toolkit.scoring.torch_engine import Predictor
 

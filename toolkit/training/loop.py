@@ -7,218 +7,43 @@ evaluation, early stopping, a checkpoint that holds the best weights) and writes
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from toolkit.model.batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
-from toolkit.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
-from toolkit.common.settings_diff import differences, summarize
+from toolkit.common.atomic_io import atomic_dir, read_json, write_json
 from toolkit.common.config_io import from_dict
-from toolkit.training.distributed import gather_with_grad, gathered, make_accelerator, resolve_precision, world, zero_stage
 from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
-from toolkit.common.atomic_io import atomic_dir, read_json, write_json, write_text
-from toolkit.model.label_scale import LabelScale
-from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model
-from toolkit.model.losses import OUTPUT, batch_objective
-from toolkit.common.choices import CROSS_LOSSES, RANK_LOSSES, Loss, Metric, check_choices
 from toolkit.common.progress import progress_bar
-from toolkit.scoring.metrics import evaluate_predictions, format_metrics, is_better
+from toolkit.model.batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
+from toolkit.model.label_scale import LabelScale
+from toolkit.model.losses import OUTPUT, batch_objective
 from toolkit.model.regressor import ModelConfig, PairRegressor, kernel_report
+from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model
+from toolkit.scoring.metrics import evaluate_predictions, format_metrics, is_better
 from toolkit.scoring.torch_engine import Predictor
-from toolkit.training.run_dir import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, WEIGHTS_DIR, base_reference, write_config
-from toolkit.training.run_data import DataConfig, dev_digest, read_run_data
 from toolkit.sources import PairChunk
-
-# Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
-DEFAULT_LR = {"none": 2e-5}
-DEFAULT_ADAPTER_LR = 1e-3
-LOG, STEPS_LOG = "train_log.jsonl", "steps.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """How to train; saved in the run directory (a rerun with other settings is refused)."""
-
-    epochs: int = 4  # passes over the training file
-    batch_size: int = 16  # pairs per device and step
-    global_batch_size: Optional[int] = None
-    """effective batch; per device = this / (processes x accumulation), which must divide it"""
-    grad_accum: int = 1  # gradient accumulation steps
-    lr: Optional[float] = None  # learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)
-    weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
-    warmup_ratio: float = 0.1  # linear warm-up, as a fraction of the optimiser steps
-    max_grad_norm: float = 1.0  # gradient clipping
-    seed: int = 42  # weights, shuffling and dropout
-    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # mixed precision; auto: the accelerate config's, else no
-    group_by_length: bool = True  # batches of pairs of similar length (--no-group-by-length: plain shuffled batches)
-    patience: int = 2  # early stopping: epochs without a dev improvement; 0 disables
-    metric: Metric = "spearman"  # dev metric for model selection
-    eval_batch_size: int = 128  # dev evaluation batch
-    normalize: Literal["auto", "range", "zscore"] = "auto"  # target scaling (auto: the declared range, else z-score)
-    loss: Loss = "mse"
-    """mse on the normalised score; bi-encoders also cosent or angle (rank losses: only the order of the scores
-    is learnt, so choose by spearman; the cosine is not calibrated to the score scale); cross-encoders also bce
-    (on the score scaled to 0..1 by its range; the head then ends in a sigmoid)"""
-    save_steps: int = 0  # also checkpoint every N optimiser steps for --resume (0: at epoch ends only)
-    keep_checkpoint: bool = False  # keep the resumable checkpoint after the run
-    head_init: Literal["random", "lp"] = "random"
-    """cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); `toolkit wise` needs it"""
-    log_steps: int = 10  # log the training loss (mean over processes) every N optimiser steps
-    log_with: Optional[str] = None
-    """also log loss, learning rate and dev metrics to an accelerate tracker: tensorboard (event files under
-    RUN/trackers/; the 'tracking' extra), wandb, mlflow, ..."""
-
-    def resolved_lr(self, adapter: str) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
-
-    def validate(self) -> None:
-        check_choices(self)
-        if min(self.epochs, self.batch_size, self.grad_accum, self.eval_batch_size) < 1:
-            raise ToolkitError("--epochs, --batch-size, --grad-accum and --eval-batch-size must be at least 1")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            raise ToolkitError("--global-batch-size must be at least 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ToolkitError("--warmup-ratio must be in [0, 1)")
-        if self.lr is not None and not self.lr > 0:
-            raise ToolkitError("--lr must be positive")
-        if self.save_steps < 0:
-            raise ToolkitError("--save-steps must be 0 or more")
-        if self.log_steps < 1:
-            raise ToolkitError("--log-steps must be at least 1")
-        if self.log_with:
-            _check_tracker(self.log_with)
-
-    def per_device_batch(self, processes: int) -> int:
-        if self.global_batch_size is None:
-            return self.batch_size
-        parts = processes * self.grad_accum
-        if self.global_batch_size % parts:
-            raise ToolkitError(f"--global-batch-size {self.global_batch_size} is not divisible by {processes} "
-                               f"processes x {self.grad_accum} accumulation steps")
-        return self.global_batch_size // parts
-
-
-@dataclass
-class TrainResult:
-    """What ``train`` returns: the summary written to metrics.json, the best checkpoint's dev
-    predictions, and the model as training left it (unwrapped; its last state, not the best).
-    A run that had already finished returns its summary only."""
-
-    summary: dict
-    dev_predictions: Optional[np.ndarray] = None
-    model: Any = None
-
-
-@dataclass
-class BatchSeen:
-    """What one process trained on in one batch, for ``train(observe=...)`` (tracing, tests)."""
-
-    epoch: int
-    batch: int  # index of the global batch in the epoch
-    rank: int
-    indices: list[int]  # training pairs (positions among the training pairs, in file order) that counted
-
-
-class RunLog:
-    """Per-epoch records (train_log.jsonl) and per-interval training losses (steps.jsonl): JSON
-    lines for programs; plain lines for people (train.log and the console)."""
-
-    def __init__(self, folder: Path, enabled: bool):
-        self.folder = folder
-        self.enabled = enabled
-
-    def say(self, line: str) -> None:
-        if not self.enabled:
-            return
-        tqdm.write(line)
-        with open(self.folder / "train.log", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-    def record(self, entry: dict, name: str = LOG) -> None:
-        if self.enabled:
-            with open(self.folder / name, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    def rewrite(self, history: list[dict], steps: list[dict]) -> None:
-        """On resume: the records of the checkpoint, without any written after it."""
-        if self.enabled:
-            for name, entries in ((LOG, history), (STEPS_LOG, steps)):
-                write_text(self.folder / name, "".join(json.dumps(e) + "\n" for e in entries))
-
-
-def objective_model(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
-    """The loss checked against the architecture; the model config as the loss needs it (saved in
-    config.json, so that every later command applies the sigmoid a BCE-trained head ends in)."""
-    if cfg.loss in RANK_LOSSES and model_cfg.arch != "bi":
-        raise ToolkitError(f"--loss {cfg.loss} ranks a bi-encoder's similarities: cross-encoders train with "
-                           f"--loss {' or '.join(CROSS_LOSSES)}")
-    if model_cfg.arch != "cross":
-        if cfg.loss not in ("mse", *RANK_LOSSES):
-            raise ToolkitError(f"--loss {cfg.loss} is for cross-encoders (a bi-encoder's cosine is no logit): "
-                               f"use mse, {' or '.join(RANK_LOSSES)}")
-        return model_cfg
-    if cfg.loss == "bce":
-        if model_cfg.head_activation == "identity":
-            raise ToolkitError("--loss bce trains the logit of a sigmoid head: drop --head-activation identity")
-        model_cfg = dataclasses.replace(model_cfg, head_activation="sigmoid")
-    if cfg.head_init == "lp" and model_cfg.head_activation == "sigmoid":
-        raise ToolkitError("--head-init lp fits the head's last layer to the score by least squares, which a "
-                           "sigmoid head cannot keep: use it with --loss mse and the identity head")
-    return model_cfg
-
-
-def _label_scale(cfg: TrainConfig, model_cfg: ModelConfig, score_range, train_scores: np.ndarray) -> LabelScale:
-    kind = cfg.normalize if cfg.normalize != "auto" else ("range" if score_range else "zscore")
-    if model_cfg.arch == "bi" and kind != "range":
-        raise ToolkitError("--arch bi maps the cosine onto the score range: declare it with --score-range LOW:HIGH")
-    if model_cfg.head_activation == "sigmoid" and kind != "range":
-        raise ToolkitError("a sigmoid head (--loss bce) predicts the score scaled to 0..1 by its range: declare it "
-                           "with --score-range LOW:HIGH (z-scored targets leave 0..1)")
-    if kind == "range":
-        if score_range is None:
-            raise ToolkitError("--normalize range needs --score-range LOW:HIGH")
-        return LabelScale.from_range(*score_range)
-    return LabelScale.from_scores(train_scores)
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _align_deepspeed(accelerator, per_device: int, cfg: TrainConfig) -> Optional[dict]:
-    """The DeepSpeed config, with our settings where it says "auto"; a fixed value that disagrees
-    with them is an error (our config owns batch sizes, accumulation and clipping)."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None:
-        return None
-    ds = plugin.deepspeed_config
-    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": cfg.grad_accum,
-            "train_batch_size": per_device * accelerator.num_processes * cfg.grad_accum,
-            "gradient_clipping": cfg.max_grad_norm}
-    for key, value in ours.items():
-        fixed = ds.get(key, "auto")
-        if fixed != "auto" and float(fixed) != float(value):
-            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
-                               f"set it to \"auto\" (the toolkit's flags own it)")
-    ds.update(ours)  # accelerate would fill clipping "auto" with 1.0 and cannot read our batch sampler's size
-    if ("optimizer" in ds) != ("scheduler" in ds):
-        raise ToolkitError("the DeepSpeed config names an optimizer without a scheduler (or the reverse): "
-                           "give both, with \"auto\" values, or neither")
-    return ds
+from toolkit.training.checkpoint import TrainerState, load_checkpoint, remove_checkpoints, save_checkpoint
+from toolkit.training.config import BatchSeen, TrainConfig, TrainResult, config_sections, label_scale, objective_model
+from toolkit.training.distributed import (
+    gather_with_grad,
+    gathered,
+    make_accelerator,
+    resolve_precision,
+    world,
+    zero_stage,
+)
+from toolkit.training.optimiser import make_optimiser
+from toolkit.training.run_data import DataConfig, dev_digest, read_run_data
+from toolkit.training.run_dir import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, base_reference, write_config
+from toolkit.training.run_log import LOG, STEPS_LOG, RunLog, scalars
+from toolkit.training.session import Session, how_it_starts
 
 
 def _batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -226,86 +51,6 @@ def _batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     resumed mid-epoch draws the same masks as an uninterrupted one (a restored RNG would not, since
     building the data iterator after the restore draws from it), and ranks draw different masks."""
     return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0])
-
-
-def config_sections(model_cfg: ModelConfig, cfg: TrainConfig, data: DataConfig) -> dict:
-    """The run's settings as config.json keeps them (and a rerun is compared with)."""
-    return {"model": dataclasses.asdict(model_cfg), "train": {**dataclasses.asdict(cfg), "lr": cfg.resolved_lr(
-        model_cfg.adapter)}, "data": dataclasses.asdict(data)}
-
-
-def _check_same_run(out: Path, sections: dict, world: dict) -> None:
-    """A rerun continues a run only with the settings it was started with."""
-    saved = read_json(out / CONFIG)
-    asked = json.loads(json.dumps(sections))
-    for name, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):  # added since: default
-        if isinstance(saved.get(name), dict):
-            saved[name] = json.loads(json.dumps(dataclasses.asdict(from_dict(cls, saved[name], str(out / CONFIG)))))
-    diffs = differences({k: saved.get(k) for k in asked}, asked)
-    diffs += differences({k: saved.get("resolved", {}).get(k) for k in world}, world, "resolved")
-    if diffs:
-        raise ToolkitError(f"{out / CONFIG}: this run was started with other settings: {summarize(diffs)}; "
-                           "rerun with its settings, or choose another --out (or --overwrite)")
-
-
-def _start(out: Path, sections: dict, world: dict, overwrite: bool, resume: bool,
-           resume_if_exists: bool) -> tuple[str, Optional[Path]]:
-    """How this run starts: ("fresh" | "resume" | "finished", checkpoint to resume from)."""
-    if resume:
-        checkpoint = find_checkpoint(out)
-        if checkpoint is None:
-            raise ToolkitError(f"{out}: no checkpoint to resume from"
-                               + (" (the run finished)" if (out / METRICS).exists() else ""))
-        return "resume", checkpoint
-    if not (out / CONFIG).exists() or overwrite:
-        return "fresh", None
-    if not resume_if_exists:
-        raise ToolkitError(f"{out}: already holds a run; choose another --out, pass --overwrite, or "
-                           "--resume-if-exists to continue it")
-    _check_same_run(out, sections, world)
-    if (out / METRICS).exists():
-        return "finished", None
-    checkpoint = find_checkpoint(out)
-    return ("resume", checkpoint) if checkpoint is not None else ("fresh", None)
-
-
-@dataclass
-class Session:
-    """A run while it trains: what every step needs, built once by ``_set_up``."""
-
-    out: Path
-    cfg: TrainConfig
-    model_cfg: ModelConfig
-    accelerator: Any
-    model: Any  # as accelerate prepared it (DDP or DeepSpeed wrapper)
-    unwrapped: PairRegressor
-    optimizer: Any
-    scheduler: Any
-    loader: Any
-    sampler: LengthGroupedBatchSampler
-    dev_pairs: PairChunk
-    predictor: Predictor
-    log: RunLog
-    facts: dict  # for metrics.json: parameter counts, processes, batch sizes
-    best_pred: Optional[np.ndarray] = None
-    bar: Any = None
-    epoch_start: float = 0.0
-    epoch_start_pairs: int = 0  # the epoch's pairs already trained when its timer started (a resume restores them)
-    kernel_said: set = field(default_factory=set)
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def weights_dir(self) -> Path:
-        return self.out / WEIGHTS_DIR
-
-    @property
-    def loss_scale(self) -> float:
-        """Undoes DDP's average over processes and accelerate's division by the accumulation steps:
-        the weights of LengthGroupedBatchSampler already make each step's loss a mean."""
-        return float(self.accelerator.num_processes * self.cfg.grad_accum)
 
 
 def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, overwrite: bool = False,
@@ -332,7 +77,7 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
     world = {"processes": accelerator.num_processes,
              "effective_batch": per_device * accelerator.num_processes * cfg.grad_accum}
     sections = config_sections(model_cfg, cfg, data)
-    kind, checkpoint = _start(out, sections, world, overwrite, resume, resume_if_exists)
+    kind, checkpoint = how_it_starts(out, sections, world, overwrite, resume, resume_if_exists)
     accelerator.wait_for_everyone()  # every process has looked at the folder before anything changes it
     if kind == "finished":
         if accelerator.is_main_process:
@@ -344,20 +89,20 @@ def train(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainC
         for name in ("train.log", LOG, STEPS_LOG, METRICS):
             (out / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    s = _set_up(out, data, model_cfg, cfg, accelerator, precision, per_device, base_folder, sections,
+    session = _set_up(out, data, model_cfg, cfg, accelerator, precision, per_device, base_folder, sections,
                 fresh=kind == "fresh")
     if cfg.log_with:  # under RUN/trackers/ (tensorboard: event files; others: their own stores)
-        accelerator.init_trackers("trackers", config=_scalars(sections))
-    state = _restore(s, checkpoint) if checkpoint is not None else _begin(s)
-    s.bar = progress_bar(total=len(s.loader) * cfg.epochs,
-                         initial=(state.epoch - 1) * len(s.loader) + state.batches_done,
-                         disable=not (s.main and progress), unit="batch")
+        accelerator.init_trackers("trackers", config=scalars(sections))
+    state = _restore(session, checkpoint) if checkpoint is not None else _begin(session)
+    session.bar = progress_bar(total=len(session.loader) * cfg.epochs,
+                         initial=(state.epoch - 1) * len(session.loader) + state.batches_done,
+                         disable=not (session.main and progress), unit="batch")
     start = time.time()
     while not state.finished and state.epoch <= cfg.epochs:
-        _train_epoch(s, state, observe)
-        _end_epoch(s, state)
-    s.bar.close()
-    return _finish(s, state, time.time() - start)
+        _train_epoch(session, state, observe)
+        _end_epoch(session, state)
+    session.bar.close()
+    return _finish(session, state, time.time() - start)
 
 
 def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, accelerator, precision: str,
@@ -370,7 +115,7 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     set_seed(cfg.seed)
     read = read_run_data(data, log.say)
     train_pairs, dev_pairs, train_src = read.train, read.dev, read.train_source
-    labels = _label_scale(cfg, model_cfg, train_src.score_range, train_pairs.scores)
+    labels = label_scale(cfg, model_cfg, train_src.score_range, train_pairs.scores)
     model, tokens, probe = _build_model(model_cfg, cfg, accelerator, base_folder, labels, train_pairs, dev_pairs,
                                         fresh)
     counts = model.parameter_counts()
@@ -392,7 +137,7 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     sampler = LengthGroupedBatchSampler(dataset.lengths(), per_device * accelerator.num_processes, cfg.seed,
                                         cfg.group_by_length, accumulation=cfg.grad_accum)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=tokens.collate)
-    optimizer, scheduler, steps_per_epoch = _optimiser(model, model_cfg, cfg, accelerator, per_device, len(loader))
+    optimizer, scheduler, steps_per_epoch = make_optimiser(model, model_cfg, cfg, accelerator, per_device, len(loader))
     prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(prepared)
     log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
@@ -436,228 +181,181 @@ def _build_model(model_cfg: ModelConfig, cfg: TrainConfig, accelerator, base_fol
     return model, tokens, probe
 
 
-def _optimiser(model: PairRegressor, model_cfg: ModelConfig, cfg: TrainConfig, accelerator, per_device: int,
-               batches_per_epoch: int):
-    """AdamW with linear warm-up and decay (DeepSpeed's own when its config names them)."""
-    from transformers import get_linear_schedule_with_warmup
-
-    ds_config = _align_deepspeed(accelerator, per_device, cfg)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = int(cfg.warmup_ratio * total_steps)
-    groups = _param_groups(model, cfg.weight_decay)
-    lr = cfg.resolved_lr(model_cfg.adapter)
-    if ds_config is not None and "optimizer" in ds_config:  # DeepSpeed builds them; "auto" filled from ours
-        from accelerate.utils import DummyOptim, DummyScheduler  # exported only where deepspeed is installed
-
-        optimizer = DummyOptim(groups, lr=lr, weight_decay=cfg.weight_decay)
-        return optimizer, DummyScheduler(optimizer, total_num_steps=total_steps,
-                                         warmup_num_steps=warmup_steps), steps_per_epoch
-    optimizer = torch.optim.AdamW(groups, lr=lr)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps), steps_per_epoch
+def _evaluate(session: Session) -> tuple[np.ndarray, dict, list[str]]:
+    with session.accelerator.autocast():
+        pred = session.predictor.predict(session.dev_pairs.s1, session.dev_pairs.s2)
+    return (pred, *evaluate_predictions(pred, session.dev_pairs.scores, session.dev_pairs.groups, ci=False))
 
 
-def _evaluate(s: Session) -> tuple[np.ndarray, dict, list[str]]:
-    with s.accelerator.autocast():
-        pred = s.predictor.predict(s.dev_pairs.s1, s.dev_pairs.s2)
-    return (pred, *evaluate_predictions(pred, s.dev_pairs.scores, s.dev_pairs.groups, ci=False))
-
-
-def _write_weights(s: Session, folder: Path, atomic: bool = False) -> None:
+def _write_weights(session: Session, folder: Path, atomic: bool = False) -> None:
     """The trained weights (adapter + head, or all of them) into ``folder``: gathered from ZeRO-3
     partitions, written by the main process. Every process must call."""
-    params = [p for p in s.unwrapped.parameters() if p.requires_grad or s.model_cfg.adapter == "none"]
-    with gathered(s.accelerator, params):
-        if s.main:
+    params = [p for p in session.unwrapped.parameters() if p.requires_grad or session.model_cfg.adapter == "none"]
+    with gathered(session.accelerator, params):
+        if session.main:
             with atomic_dir(folder) if atomic else nullcontext(folder) as target:
-                s.unwrapped.save_weights(Path(target))
-    s.accelerator.wait_for_everyone()
+                session.unwrapped.save_weights(Path(target))
+    session.accelerator.wait_for_everyone()
 
 
-def _write_init(s: Session) -> None:
+def _write_init(session: Session) -> None:
     """The trainable weights as training starts (adapter at its identity init, linear-probe head):
     the α = 0 end of ``toolkit wise``. Full fine-tuning starts from the base model's weights, which
     are not copied: only its head is saved."""
-    named = [(n, p) for n, p in s.unwrapped.named_parameters()
-             if p.requires_grad and (s.model_cfg.adapter != "none" or ".heads." in n)]
-    with gathered(s.accelerator, [p for _, p in named]):
-        if s.main:
+    named = [(n, p) for n, p in session.unwrapped.named_parameters()
+             if p.requires_grad and (session.model_cfg.adapter != "none" or ".heads." in n)]
+    with gathered(session.accelerator, [p for _, p in named]):
+        if session.main:
             from safetensors.torch import save_file
 
-            head_init = s.cfg.head_init if s.model_cfg.arch == "cross" else "none"
-            with atomic_dir(s.out / INIT_DIR) as tmp:
+            head_init = session.cfg.head_init if session.model_cfg.arch == "cross" else "none"
+            with atomic_dir(session.out / INIT_DIR) as tmp:
                 save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / INIT_WEIGHTS),
                           metadata={"head_init": head_init})
-    s.accelerator.wait_for_everyone()
+    session.accelerator.wait_for_everyone()
 
 
-def _begin(s: Session) -> TrainerState:
+def _begin(session: Session) -> TrainerState:
     """Epoch 0: the model before any step, evaluated; its weights are the first best."""
-    s.best_pred, dev, _ = _evaluate(s)
+    session.best_pred, dev, _ = _evaluate(session)
     state = TrainerState(best=dev, history=[{"epoch": 0, "dev": dev}])
-    _write_init(s)
-    _write_weights(s, s.weights_dir, atomic=True)
-    s.log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
-    s.log.record({"epoch": 0, "dev": dev})
-    _track(s, {"epoch": 0, **_scalars(dev, "dev")}, step=0)
-    _say_kernel(s)
+    _write_init(session)
+    _write_weights(session, session.weights_dir, atomic=True)
+    session.log.say(f"epoch 0 (before training) dev {format_metrics(dev)}")
+    session.log.record({"epoch": 0, "dev": dev})
+    _track(session, {"epoch": 0, **scalars(dev, "dev")}, step=0)
+    _say_kernel(session)
     return state
 
 
-def _restore(s: Session, checkpoint: Path) -> TrainerState:
-    state, s.best_pred = load_checkpoint(s.accelerator, checkpoint, s.weights_dir)
-    s.log.rewrite(state.history, state.steps)
-    s.log.say(f"resumed from {checkpoint.name}: epoch {state.epoch}, batch {state.batches_done}, "
+def _restore(session: Session, checkpoint: Path) -> TrainerState:
+    state, session.best_pred = load_checkpoint(session.accelerator, checkpoint, session.weights_dir)
+    session.log.rewrite(state.history, state.steps)
+    session.log.say(f"resumed from {checkpoint.name}: epoch {state.epoch}, batch {state.batches_done}, "
               f"step {state.global_step}")
     return state
 
 
-def _train_epoch(s: Session, state: TrainerState, observe: Optional[Callable[[BatchSeen], None]]) -> None:
+def _train_epoch(session: Session, state: TrainerState, observe: Optional[Callable[[BatchSeen], None]]) -> None:
     """The epoch in progress, from where it stands: each pair once, at its weight (see the sampler)."""
-    acc, cfg, epoch = s.accelerator, s.cfg, state.epoch
-    s.model.train()
-    loader = acc.skip_first_batches(s.loader, state.batches_done) if state.batches_done else s.loader
+    acc, cfg, epoch = session.accelerator, session.cfg, state.epoch
+    session.model.train()
+    loader = acc.skip_first_batches(session.loader, state.batches_done) if state.batches_done else session.loader
     loader.set_epoch(epoch)  # the batch order depends on (seed, epoch) only; accelerate's
-    s.sampler.set_epoch(epoch)  # skipping wrapper does not pass the epoch on, so set it here too
-    s.bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-    s.epoch_start, s.epoch_start_pairs = time.time(), state.epoch_pairs
+    session.sampler.set_epoch(epoch)  # skipping wrapper does not pass the epoch on, so set it here too
+    session.bar.set_description(f"epoch {epoch}/{cfg.epochs}")
+    session.epoch_start, session.epoch_start_pairs = time.time(), state.epoch_pairs
     step_sum = torch.zeros(2, dtype=torch.float64, device=acc.device)  # this process's loss sum and pairs
     pending: list[torch.Tensor] = []  # per optimiser step, reduced across processes only when logged
     gather = gather_with_grad if acc.num_processes > 1 else None  # rank losses rank the global batch
     for batch in loader:
-        with acc.accumulate(s.model):
+        with acc.accumulate(session.model):
             torch.manual_seed(_batch_seed(cfg.seed, epoch, state.batches_done, acc.process_index))
             targets, weights, index = batch.pop("labels"), batch.pop("weights"), batch.pop("index")
-            predictions = s.model(**batch, output=OUTPUT[cfg.loss]).float()
+            predictions = session.model(**batch, output=OUTPUT[cfg.loss]).float()
             objective, logged = batch_objective(cfg.loss, predictions, targets.float(), weights.float(), gather)
-            acc.backward(objective * s.loss_scale)
+            acc.backward(objective * session.loss_scale)
             if acc.sync_gradients and cfg.max_grad_norm:
-                acc.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
-            s.optimizer.step()
-            s.scheduler.step()
-            s.optimizer.zero_grad()
+                acc.clip_grad_norm_(session.model.parameters(), cfg.max_grad_norm)
+            session.optimizer.step()
+            session.scheduler.step()
+            session.optimizer.zero_grad()
         counted = weights > 0
         step_sum += torch.stack([logged.double(), counted.sum().double()])
         if observe is not None:
             observe(BatchSeen(epoch, state.batches_done, acc.process_index, index[counted].tolist()))
         state.batches_done += 1
-        s.bar.update(1)
+        session.bar.update(1)
         if acc.sync_gradients:
             state.global_step += 1
             pending.append(step_sum)
             step_sum = torch.zeros_like(step_sum)
             if state.global_step % cfg.log_steps == 0:
-                _log_steps(s, state, pending)
+                _log_steps(session, state, pending)
             if cfg.save_steps and state.global_step % cfg.save_steps == 0:
-                _log_steps(s, state, pending)
-                save_checkpoint(acc, s.out, s.weights_dir, state, s.best_pred, None)
+                _log_steps(session, state, pending)
+                save_checkpoint(acc, session.out, session.weights_dir, state, session.best_pred, None)
         crash_point("train.batch")  # a kill after a batch (and its checkpoint, if any), for the resume tests
-    _log_steps(s, state, pending)
+    _log_steps(session, state, pending)
 
 
-def _log_steps(s: Session, state: TrainerState, pending: list[torch.Tensor]) -> None:
+def _log_steps(session: Session, state: TrainerState, pending: list[torch.Tensor]) -> None:
     """One all-reduce for the steps since the last log: their mean loss per pair, all processes."""
     if not pending:
         return
-    totals = s.accelerator.reduce(torch.stack(pending), "sum").cpu().tolist()
+    totals = session.accelerator.reduce(torch.stack(pending), "sum").cpu().tolist()
     pending.clear()
     loss_sum, pairs = sum(t[0] for t in totals), sum(t[1] for t in totals)
     state.epoch_loss_sum += loss_sum
     state.epoch_pairs += int(pairs)
-    lr = s.scheduler.get_last_lr()[0]
+    lr = session.scheduler.get_last_lr()[0]
     entry = {"step": state.global_step, "epoch": state.epoch, "steps": len(totals), "pairs": int(pairs),
              "loss": loss_sum / pairs, "lr": lr}
     state.steps.append(entry)
-    s.log.record(entry, STEPS_LOG)
-    s.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-    _track(s, {"train/loss": entry["loss"], "train/lr": lr}, step=state.global_step)
+    session.log.record(entry, STEPS_LOG)
+    session.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+    _track(session, {"train/loss": entry["loss"], "train/lr": lr}, step=state.global_step)
 
 
-def _end_epoch(s: Session, state: TrainerState) -> None:
+def _end_epoch(session: Session, state: TrainerState) -> None:
     """Dev evaluation, best weights, early stopping, and the checkpoint that records them together."""
-    epoch, cfg = state.epoch, s.cfg
-    pred, dev, warnings = _evaluate(s)
+    epoch, cfg = state.epoch, session.cfg
+    pred, dev, warnings = _evaluate(session)
     for w in warnings:
-        s.log.say(f"warning: dev {w}")
-    elapsed = time.time() - s.epoch_start
+        session.log.say(f"warning: dev {w}")
+    elapsed = time.time() - session.epoch_start
     entry = {"epoch": epoch, "train_loss": state.epoch_loss_sum / max(state.epoch_pairs, 1), "dev": dev,
-             "seconds": elapsed, "samples_per_s": (state.epoch_pairs - s.epoch_start_pairs) / elapsed}
+             "seconds": elapsed, "samples_per_s": (state.epoch_pairs - session.epoch_start_pairs) / elapsed}
     state.history.append(entry)
-    s.log.record(entry)
-    _track(s, {"train/epoch_loss": entry["train_loss"], "epoch": epoch, **_scalars(dev, "dev")},
+    session.log.record(entry)
+    _track(session, {"train/epoch_loss": entry["train_loss"], "epoch": epoch, **scalars(dev, "dev")},
            step=state.global_step)
     improved = is_better(cfg.metric, dev[cfg.metric], state.best[cfg.metric])
-    s.log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
+    session.log.say(f"epoch {epoch} loss {entry['train_loss']:.4f} dev {format_metrics(dev)}"
               f"{' (best)' if improved else ''} [{elapsed:.0f}s]")
-    _say_kernel(s)
+    _say_kernel(session)
     if improved:
-        state.best, state.best_epoch, state.since_best, s.best_pred = dev, epoch, 0, pred
+        state.best, state.best_epoch, state.since_best, session.best_pred = dev, epoch, 0, pred
     else:
         state.since_best += 1
     state.epoch, state.batches_done, state.epoch_loss_sum, state.epoch_pairs = epoch + 1, 0, 0.0, 0
     if cfg.patience and state.since_best >= cfg.patience and epoch < cfg.epochs:
         state.finished = True
-        s.log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
-    save_checkpoint(s.accelerator, s.out, s.weights_dir, state, s.best_pred,
-                    (lambda folder: _write_weights(s, folder)) if improved else None)
+        session.log.say(f"early stop: no dev {cfg.metric} gain for {state.since_best} epochs")
+    save_checkpoint(session.accelerator, session.out, session.weights_dir, state, session.best_pred,
+                    (lambda folder: _write_weights(session, folder)) if improved else None)
 
 
-def _track(s: Session, values: dict, step: int) -> None:
+def _track(session: Session, values: dict, step: int) -> None:
     """To the trackers of ``--log-with``, if any (accelerate logs on the main process only)."""
-    if s.cfg.log_with:
-        s.accelerator.log(values, step=step)
+    if session.cfg.log_with:
+        session.accelerator.log(values, step=step)
 
 
-def _say_kernel(s: Session) -> None:
+def _say_kernel(session: Session) -> None:
     """Log each fused-kernel decision once (which path, and why), as the self-check makes it."""
-    for line in kernel_report(s.unwrapped)["decisions"]:
-        if line not in s.kernel_said:
-            s.kernel_said.add(line)
-            s.log.say(f"fused kernel: {line}")
+    for line in kernel_report(session.unwrapped)["decisions"]:
+        if line not in session.kernel_said:
+            session.kernel_said.add(line)
+            session.log.say(f"fused kernel: {line}")
 
 
-def _finish(s: Session, state: TrainerState, seconds: float) -> TrainResult:
-    best_full, _ = evaluate_predictions(s.best_pred, s.dev_pairs.scores, s.dev_pairs.groups, ci=True)
-    summary = {"best_epoch": state.best_epoch, "metric": s.cfg.metric, "dev": best_full, "history": state.history,
-               "train_seconds": seconds, "stopped_early": state.finished and state.epoch <= s.cfg.epochs,
-               **s.facts, "fused_kernel": kernel_report(s.unwrapped)}
-    s.accelerator.wait_for_everyone()
-    if s.main:
-        write_json(s.out / METRICS, summary)
-        if not s.cfg.keep_checkpoint:
-            remove_checkpoints(s.out)
-    s.accelerator.wait_for_everyone()
-    if s.cfg.log_with:
-        s.accelerator.end_training()
-    s.log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
-    s.log.say(f"run saved to {s.out}")
-    return TrainResult(summary, s.best_pred, s.unwrapped)
-
-
-def _check_tracker(name: str) -> None:
-    """accelerate drops a tracker whose package is missing without a word: refuse it instead."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    known = [t.value for t in LoggerType if t.value != "all"]
-    if name not in known:
-        raise ToolkitError(f"--log-with {name}: not a tracker accelerate knows; choose one of {', '.join(known)}")
-    if LoggerType(name) not in get_available_trackers():
-        hint = " (pip install tensorboardX, or the toolkit's 'tracking' extra)" if name == "tensorboard" else ""
-        raise ToolkitError(f"--log-with {name}: its package is not installed{hint}")
-
-
-def _scalars(tree: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
-    """The numbers and strings of nested settings or metrics, as flat ``a/b`` keys: what trackers
-    (TensorBoard's hyperparameters among them) accept."""
-    flat: dict = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}".strip("/")
-        if isinstance(value, dict):
-            flat.update(_scalars(value, name))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-    return flat
+def _finish(session: Session, state: TrainerState, seconds: float) -> TrainResult:
+    best_full, _ = evaluate_predictions(session.best_pred, session.dev_pairs.scores, session.dev_pairs.groups, ci=True)
+    summary = {"best_epoch": state.best_epoch, "metric": session.cfg.metric, "dev": best_full, "history": state.history,
+               "train_seconds": seconds, "stopped_early": state.finished and state.epoch <= session.cfg.epochs,
+               **session.facts, "fused_kernel": kernel_report(session.unwrapped)}
+    session.accelerator.wait_for_everyone()
+    if session.main:
+        write_json(session.out / METRICS, summary)
+        if not session.cfg.keep_checkpoint:
+            remove_checkpoints(session.out)
+    session.accelerator.wait_for_everyone()
+    if session.cfg.log_with:
+        session.accelerator.end_training()
+    session.log.say(f"best epoch {state.best_epoch}: dev {format_metrics(best_full)}")
+    session.log.say(f"run saved to {session.out}")
+    return TrainResult(summary, session.best_pred, session.unwrapped)
 
 
 def resume(run_dir: str | Path, trust_remote_code: bool = False, progress: bool = True) -> TrainResult:

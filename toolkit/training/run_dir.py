@@ -18,13 +18,13 @@ from typing import Optional
 import torch
 
 from toolkit import __version__
-from toolkit.model.batching import PairTokenizer
+from toolkit.common.atomic_io import read_json, write_json
 from toolkit.common.config_io import from_dict
 from toolkit.common.errors import ToolkitError
-from toolkit.common.atomic_io import read_json, write_json
+from toolkit.model.batching import PairTokenizer
 from toolkit.model.label_scale import LabelScale
-from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model, weights_sha256
 from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model, weights_sha256
 from toolkit.scoring.torch_engine import Predictor
 
 CONFIG = "config.json"
@@ -48,7 +48,7 @@ def write_config(folder: Path, model_cfg: ModelConfig, labels: LabelScale, base:
 @dataclass
 class Run:
     """A trained run, loaded: model (eval mode), tokenizer, label scale and its saved config. A merged
-    folder loads as one too, its model a ``merge.MergedScorer`` (the same calls)."""
+    folder loads as one too, its model a ``merge.MergedRegressor`` (the same calls)."""
 
     folder: Path
     config: dict

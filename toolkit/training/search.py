@@ -26,14 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from toolkit.common.atomic_io import write_json
 from toolkit.common.choices import CROSS_LOSSES, LOSSES, RANK_LOSSES, Loss, Pooling
 from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
-from toolkit.common.atomic_io import write_json
+from toolkit.model.regressor import ModelConfig
 from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
 from toolkit.scoring.plots import plot_search
-from toolkit.model.regressor import ModelConfig
-from toolkit.training.loop import DataConfig, TrainConfig, objective_model, train
+from toolkit.training.config import TrainConfig, objective_model
+from toolkit.training.loop import train
+from toolkit.training.run_data import DataConfig
 
 STUDY, RESULT, PLOT, TRIALS, FINAL = "study.db", "search.json", "search.png", "trials", "final"
 BOTTLENECKS = ("seq_bn", "double_seq_bn", "par_bn")
@@ -216,8 +218,8 @@ def _run_trials(study, out: Path, data: DataConfig, model_cfg: ModelConfig, trai
 def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: SearchConfig,
            test: Optional[str], say: Callable[[str], None], progress: bool) -> dict:
     """The best setting by dev, re-run per seed; test read only now."""
-    from toolkit.training.run_dir import load_run
     from toolkit.sources import read_pairs
+    from toolkit.training.run_dir import load_run
 
     metric = train_cfg.metric
     best = study.best_trial
