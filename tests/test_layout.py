@@ -52,3 +52,10 @@ def test_imports_go_one_way(path):
 def test_no_module_is_long():
     long = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"over {MAX_LINES} lines: {long}"
+
+
+def test_every_adapter_choice_has_one_kind():
+    from toolkit.common.choices import ADAPTERS
+    from toolkit.model.adapter_kinds import KINDS
+
+    assert tuple(KINDS) == ADAPTERS

@@ -117,8 +117,8 @@ def test_write_publishes_only_the_planned_ids_each_once(tmp_path, local_ray):
 
     import numpy as np
 
-    from toolkit.batch.ray_engine import RayConfig, _score_log, _write, plan_reads
     from toolkit.batch.outputs import part_table
+    from toolkit.batch.ray_engine import RayConfig, _score_log, _write, plan_reads
     from toolkit.sources import PairSource
 
     src = write_pairs(tmp_path / "pairs.csv", _rows(30))

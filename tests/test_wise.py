@@ -17,17 +17,10 @@ from conftest import write_stsb_slice
 from safetensors import safe_open
 
 from toolkit.common.errors import ToolkitError
+from toolkit.common.option_types import parse_alphas
 from toolkit.model.regressor import ModelConfig, mean_pool
 from toolkit.model.safe_loading import resolve_model
-from toolkit.robustness.wise import (
-    EvalSet,
-    Interpolation,
-    WiseConfig,
-    check_compatible,
-    choose_alpha,
-    parse_alphas,
-    wise,
-)
+from toolkit.robustness.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, wise
 from toolkit.sources import SourceOptions, read_pairs
 from toolkit.training.config import TrainConfig
 from toolkit.training.loop import train

@@ -33,8 +33,8 @@ def option_classes(command: str) -> tuple[type, ...]:
 
         return (ExportConfig,)
     if command == "score":
-        from toolkit.batch.ray_engine import RayConfig
         from toolkit.batch.config import ScoreConfig
+        from toolkit.batch.ray_engine import RayConfig
 
         return ScoreConfig, RayConfig, SourceOptions
     if command == "wise":

@@ -18,13 +18,14 @@ from torch import nn
 
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.errors import ToolkitError
+from toolkit.model.adapter_kinds import adapter_kind
+from toolkit.model.architectures import architecture
 from toolkit.model.batching import PairTokenizer
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.regressor import NAME, PairRegressor, mean_pool
 from toolkit.training.run_dir import CONFIG, METRICS, Run, load_run
 
 MERGED_MODEL = "model"
-FOLDABLE = ("lora", "ia3", "none")
 # what the adapters library adds to the base model's state dict (none of it is a base weight)
 _ADAPTER_KEYS = (".loras.", ".adapters.", "prompt_tuning", "prefix_tuning", "invertible_adapters",
                  "shared_parameters", ".refts.", "adapter_fusion_layer")
@@ -42,12 +43,13 @@ def _base_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
 
 def plain_model(model: PairRegressor, base_folder: Path) -> nn.Module:
     """The (merged) encoder as a plain transformers model with the run's weights."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    import transformers
 
-    config = AutoConfig.from_pretrained(str(base_folder), local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(str(base_folder), local_files_only=True)
     state = _base_state(model.encoder)
-    if model.cfg.arch == "bi":
-        plain = AutoModel.from_config(config)
+    arch = architecture(model.cfg.arch)
+    if not arch.has_head:
+        plain = getattr(transformers, arch.hf_auto_class).from_config(config)
         target = plain
     else:
         head = model.encoder.config.prediction_heads[NAME]
@@ -58,7 +60,7 @@ def plain_model(model: PairRegressor, base_folder: Path) -> nn.Module:
                                f"{pooled}) has no transformers equivalent (BERT's reads [CLS]); export the run "
                                "directly: toolkit export RUN --onnx")
         config.num_labels, config.problem_type = 1, "regression"
-        plain = AutoModelForSequenceClassification.from_config(config)
+        plain = getattr(transformers, arch.hf_auto_class).from_config(config)
         target = getattr(plain, plain.base_model_prefix)
         weights = dict(model.encoder.heads[NAME].named_parameters())
         plain.classifier.load_state_dict({"weight": weights["4.weight"], "bias": weights["4.bias"]})
@@ -122,10 +124,10 @@ def merged_plain(run_dir: Path) -> tuple[dict, nn.Module, object]:
 
     run = load_run(run_dir, fused_kernel="off")
     adapter = run.model.cfg.adapter
-    if adapter not in FOLDABLE:
+    if not adapter_kind(adapter).folds:
         raise ToolkitError(f"{run_dir}: {adapter} adapters add layers and cannot be folded into the base weights; "
                            f"export the run directly: toolkit export {run_dir} --onnx --out BUNDLE")
-    if adapter != "none":
+    if not adapter_kind(adapter).full:
         merge_into_base(run.model.encoder)
     _, base_folder = resolve_model(run.config["base_model"]["name"])
     return run.config, plain_model(run.model, base_folder), run.tokens.tokenizer
@@ -161,7 +163,7 @@ def load_merged_run(folder: str | Path) -> Run:
 
 def load_merged(folder: str | Path) -> tuple[dict, MergedRegressor, object]:
     """(config, scorer, tokenizer) of a merged directory, with plain transformers."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    import transformers
 
     from toolkit.model.safe_loading import check_model_folder, load_tokenizer
 
@@ -169,7 +171,7 @@ def load_merged(folder: str | Path) -> tuple[dict, MergedRegressor, object]:
     config = read_json(folder / CONFIG)
     model_dir = folder / MERGED_MODEL
     check_model_folder(model_dir, False)
-    cls = AutoModel if config["model"]["arch"] == "bi" else AutoModelForSequenceClassification
+    cls = getattr(transformers, architecture(config["model"]["arch"]).hf_auto_class)
     plain = cls.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
     scorer = MergedRegressor(plain.eval(), config["model"]["arch"], config["model"].get("head_activation"))
     return config, scorer, load_tokenizer(model_dir, False)

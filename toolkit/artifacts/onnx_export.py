@@ -34,6 +34,7 @@ from toolkit.artifacts.merge import is_merged, load_merged_run
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.choices import Attention, Provider
 from toolkit.common.errors import ToolkitError, first_line
+from toolkit.model.architectures import architecture
 from toolkit.model.label_scale import LabelScale
 from toolkit.scoring.onnx_bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
 from toolkit.scoring.runtimes import GATE
@@ -101,7 +102,7 @@ class GraphModule(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        fn = self.model.embed if self.model.cfg.arch == "bi" else self.model
+        fn = self.model if architecture(self.model.cfg.arch).joint else self.model.embed
         return fn(input_ids, attention_mask, token_type_ids).float()
 
 
@@ -147,7 +148,7 @@ def export_graph(source: Source, path: Path, opset: int, exporter: str) -> list[
     TorchScript exporter's graphs of BERT, not in the dynamo exporter's. Both match PyTorch to ~1e-6."""
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in source.tokenizer.model_input_names]
     example = source.tokenizer(["a short sentence", "and a somewhat longer one, to pad"], ["x", "y"] if
-                               source.arch == "cross" else None, padding=True, return_tensors="pt")
+                               architecture(source.arch).joint else None, padding=True, return_tensors="pt")
     args = tuple(example[n] for n in names)
     # the exporter narrates each step on stdout and warns about torchvision ops it skips, and the
     # TorchScript one that it is deprecated: keep the console for ours (the verification gate, not
@@ -321,7 +322,7 @@ def _metadata(source: Source, cfg: ExportConfig, graph: Graph, tmp: Path, keep_f
     metadata = {
         "format": FORMAT, "toolkit_version": __version__, "variant": cfg.variant, "opset": cfg.opset,
         "arch": source.arch, "inputs": graph.inputs, "output": "output",
-        "output_kind": "embedding" if source.arch == "bi" else "normalized_score",
+        "output_kind": architecture(source.arch).output_kind,
         "max_length": source.config["model"]["max_length"], "pad_id": source.tokenizer.pad_token_id,
         "labels": source.labels.to_dict(), "score_range": source.config.get("resolved", {}).get("score_range"),
         "columns": trained_columns(source.config),

@@ -24,6 +24,7 @@ import torch
 
 from toolkit.artifacts.merge import is_merged, load_merged, merged_plain
 from toolkit.common.atomic_io import atomic_dir, refuse_existing, write_json
+from toolkit.model.architectures import architecture
 from toolkit.model.label_scale import LabelScale
 
 INFO = "toolkit.json"
@@ -42,17 +43,17 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
         plain = scorer.plain
     else:
         config, plain, tokenizer = merged_plain(source_dir)
-    arch, max_length = config["model"]["arch"], config["model"]["max_length"]
+    arch, max_length = architecture(config["model"]["arch"]), config["model"]["max_length"]
     labels = LabelScale.from_dict(config["labels"])
     sigmoid = config["model"].get("head_activation") == "sigmoid"
     with tempfile.TemporaryDirectory(prefix="toolkit-st-") as work, atomic_dir(out) as tmp:
-        if arch == "cross" and not sigmoid:
+        if arch.has_head and not sigmoid:
             with torch.no_grad():
                 plain.classifier.weight.mul_(labels.scale)
                 plain.classifier.bias.mul_(labels.scale).add_(labels.offset)
         plain.save_pretrained(work, safe_serialization=True)
         tokenizer.save_pretrained(work)
-        if arch == "bi":
+        if not arch.joint:
             body = Transformer(work, max_seq_length=max_length)
             pooling = Pooling(body.get_embedding_dimension(), pooling_mode="mean")
             SentenceTransformer(modules=[body, pooling], similarity_fn_name="cosine", device="cpu").save(str(tmp))
@@ -60,11 +61,10 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
             activation = torch.nn.Sigmoid() if sigmoid else torch.nn.Identity()
             CrossEncoder(work, num_labels=1, max_length=max_length, activation_fn=activation,
                          device="cpu").save(str(tmp))
-        write_json(tmp / INFO, {"arch": arch, "labels": labels.to_dict(), "max_length": max_length,
-                                "score": "offset + scale * cosine(embeddings)" if arch == "bi" else
+        write_json(tmp / INFO, {"arch": arch.name, "labels": labels.to_dict(), "max_length": max_length,
+                                "score": "offset + scale * cosine(embeddings)" if not arch.joint else
                                 "offset + scale * CrossEncoder.predict" if sigmoid else
                                 "CrossEncoder.predict, on the user's scale", "base_model": config.get("base_model"),
                                 "adapter": config["model"].get("adapter")})
-    kind = "SentenceTransformer" if arch == "bi" else "CrossEncoder"
-    log(f"sentence-transformers folder written to {out}: load it with {kind}({str(out)!r})")
+    log(f"sentence-transformers folder written to {out}: load it with {arch.st_class}({str(out)!r})")
     return out

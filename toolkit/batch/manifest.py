@@ -33,7 +33,6 @@ from toolkit.common.failpoints import crash_point
 from toolkit.common.settings_diff import differences, summarize
 from toolkit.sources import SourceOptions
 
-
 MANIFEST = "manifest.json"
 
 

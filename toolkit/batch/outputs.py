@@ -16,7 +16,6 @@ from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
 from toolkit.sources import PairChunk
 
-
 OUT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 

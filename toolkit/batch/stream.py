@@ -20,8 +20,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from toolkit.batch.config import ScoreConfig, ScoreSummary
-from toolkit.batch.manifest import (Job, clean_up, input_fingerprint, open_manifest, output_settings, remove_parts,
-                                    verify_parts)
+from toolkit.batch.manifest import (
+    Job,
+    clean_up,
+    input_fingerprint,
+    open_manifest,
+    output_settings,
+    remove_parts,
+    verify_parts,
+)
 from toolkit.batch.outputs import assemble, part_table
 from toolkit.common.atomic_io import atomic_path, output_lock, write_json
 from toolkit.common.errors import ToolkitError

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from toolkit.model.architectures import architecture
+
 
 @dataclass
 class Encoded:
@@ -28,6 +30,7 @@ class PairTokenizer:
     def __init__(self, tokenizer, arch: str, max_length: int):
         self.tokenizer = tokenizer
         self.arch = arch
+        self.joint = architecture(arch).joint
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -38,7 +41,7 @@ class PairTokenizer:
         return [Encoded(i, t) for i, t in zip(enc["input_ids"], enc["token_type_ids"])]
 
     def encode_pairs(self, s1: Sequence[str], s2: Sequence[str]) -> list[tuple[Encoded, ...]]:
-        if self.arch == "cross":
+        if self.joint:
             return [(e,) for e in self._encode(s1, s2)]
         return list(zip(self._encode(s1), self._encode(s2)))
 
@@ -60,7 +63,7 @@ class PairTokenizer:
     def collate(self, examples: Sequence[tuple[tuple[Encoded, ...], float, float, int]]) -> dict[str, torch.Tensor]:
         """A training batch; bi-encoder batches stack all first sentences, then all second ones.
         ``weights`` and ``index`` say what each row counts for (see ``LengthGroupedBatchSampler``)."""
-        texts = [e for enc, *_ in examples for e in enc] if self.arch == "cross" else \
+        texts = [e for enc, *_ in examples for e in enc] if self.joint else \
             [enc[0] for enc, *_ in examples] + [enc[1] for enc, *_ in examples]
         batch = self.pad(texts)
         batch["labels"] = torch.tensor([y for _, y, _, _ in examples], dtype=torch.float32)

@@ -24,6 +24,8 @@ from torch import nn
 
 from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling, check_choices
 from toolkit.common.errors import ToolkitError
+from toolkit.model.adapter_kinds import adapter_kind, fused_kinds
+from toolkit.model.architectures import architecture
 from toolkit.model.losses import angle_similarity
 from toolkit.model.safe_loading import DEFAULT_MODEL, load_adapter_model
 
@@ -64,7 +66,7 @@ class ModelConfig:
             raise ToolkitError("--max-length must be at least 8")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ToolkitError("--dropout must be in [0, 1)")
-        if self.arch == "bi" and (self.pooling is not None or self.head_activation is not None):
+        if not architecture(self.arch).has_head and (self.pooling is not None or self.head_activation is not None):
             raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
                                "each sentence and scores the cosine")
 
@@ -108,29 +110,6 @@ def kernel_report(model: "PairRegressor") -> dict:
             "decisions": decisions}
 
 
-def adapter_config(cfg: ModelConfig):
-    """The adapters library's config for our adapter names.
-
-    Bottleneck adapters start as the identity (up-projection zero, the library's "mam_adapter"
-    init), as LoRA (B = 0) and IA3 (scales = 1) do: training starts from the pre-trained model.
-    """
-    import adapters
-
-    rf = {} if cfg.reduction_factor is None else {"reduction_factor": cfg.reduction_factor}
-    if cfg.adapter == "seq_bn":
-        return adapters.SeqBnConfig(init_weights="mam_adapter", **rf)
-    if cfg.adapter == "double_seq_bn":
-        return adapters.DoubleSeqBnConfig(init_weights="mam_adapter", **rf)
-    if cfg.adapter == "par_bn":
-        return adapters.ParBnConfig(**rf)
-    if cfg.adapter == "lora":
-        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_r
-        return adapters.LoRAConfig(r=cfg.lora_r, alpha=alpha)
-    if cfg.adapter == "ia3":
-        return adapters.IA3Config()
-    raise ValueError(cfg.adapter)
-
-
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -150,15 +129,16 @@ class PairRegressor(nn.Module):
         """A fresh model (``weights`` None) or one restored from a run directory's weights."""
         cfg.validate()
         encoder = load_adapter_model(base_folder, cfg.trust_remote_code)
-        cross = cfg.arch == "cross"
-        if cfg.adapter == "none":
+        cross = architecture(cfg.arch).has_head
+        kind = adapter_kind(cfg.adapter)
+        if kind.full:
             if cross:
                 encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
             if weights is not None:
                 _load_full(encoder, weights / FULL_WEIGHTS)
         else:
             if weights is None:
-                encoder.add_adapter(NAME, config=adapter_config(cfg))
+                encoder.add_adapter(NAME, config=kind.library_config(cfg))
                 if cross:
                     encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
             else:
@@ -185,7 +165,7 @@ class PairRegressor(nn.Module):
             if fuse_adapters(encoder) == 0:
                 if cfg.fused_kernel == "on":
                     raise ToolkitError(f"--fused-kernel on: adapter {cfg.adapter} has no bottleneck layers the "
-                                       "kernel fuses (seq_bn and double_seq_bn do)")
+                                       f"kernel fuses ({' and '.join(fused_kinds())} do)")
                 choice = (False, f"off (adapter {cfg.adapter} has no bottleneck layers the kernel fuses)")
         model = cls(encoder, cfg)
         model.kernel_choice = choice
@@ -206,7 +186,7 @@ class PairRegressor(nn.Module):
                 output: str = "score") -> torch.Tensor:
         """Normalised scores (``output`` "score"); what a training loss takes instead (losses.OUTPUT):
         "angle", a bi-encoder's AnglE similarity, or "logit", a cross-encoder's head before its sigmoid."""
-        if self.cfg.arch == "cross":
+        if architecture(self.cfg.arch).has_head:
             if self.cfg.pooling == "mean":  # the library's head reads [CLS] unless given its input
                 hidden = self.encoder.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                                  token_type_ids=token_type_ids)[0]
@@ -235,10 +215,11 @@ class PairRegressor(nn.Module):
         """Only what training changed: the adapter (+ head) in the adapters library's format,
         or every weight for full fine-tuning; safetensors in both cases."""
         folder.mkdir(parents=True, exist_ok=True)
-        if self.cfg.adapter == "none":
+        if adapter_kind(self.cfg.adapter).full:
             save_model(self.encoder, str(folder / FULL_WEIGHTS))  # handles tied tensors
         else:
-            self.encoder.save_adapter(str(folder), NAME, with_head=self.cfg.arch == "cross", use_safetensors=True)
+            self.encoder.save_adapter(str(folder), NAME, with_head=architecture(self.cfg.arch).has_head,
+                                     use_safetensors=True)
 
 
 def _require(folder: Path, names: list[str]) -> None:

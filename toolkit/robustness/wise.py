@@ -33,7 +33,9 @@ import torch
 from toolkit.common.atomic_io import atomic_dir, atomic_path, refuse_existing, write_json
 from toolkit.common.choices import Metric, check_choices
 from toolkit.common.errors import ToolkitError
-from toolkit.common.option_types import Alphas, parse_alphas  # noqa: F401  (parse_alphas: re-exported)
+from toolkit.common.option_types import Alphas
+from toolkit.model.adapter_kinds import adapter_kind
+from toolkit.model.architectures import architecture
 from toolkit.model.regressor import PairRegressor
 from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, format_metrics
 from toolkit.sources import PairChunk, SourceOptions, read_pairs
@@ -119,12 +121,12 @@ def _start_of(run: Run) -> dict[str, torch.Tensor]:
     with safe_open(str(path), "pt") as f:
         head_init = (f.metadata() or {}).get("head_init", "none")
         start = {name: f.get_tensor(name) for name in f.keys()}
-    if run.model.cfg.arch == "cross" and head_init != "lp":
+    if architecture(run.model.cfg.arch).has_head and head_init != "lp":
         raise ToolkitError(f"{run.folder}: its head started at random, so α = 0 has no predictor; train the "
                            f"cross-encoder with --head-init lp (linear probe first, LP-FT)")
     params = _trainable(run.model)
     missing = [n for n in params if n not in start]
-    if missing and run.model.cfg.adapter == "none":
+    if missing and adapter_kind(run.model.cfg.adapter).full:
         from toolkit.model.safe_loading import resolve_model
 
         _, base_folder = resolve_model(run.config["base_model"]["name"])
@@ -152,12 +154,12 @@ class Interpolation:
             self.start_name = "init"
         else:
             check_compatible(run, start)
-            if run.model.cfg.adapter == "lora":
+            if not adapter_kind(run.model.cfg.adapter).between_runs:
                 raise ToolkitError(f"cannot interpolate two LoRA runs ({start.folder}, {run.folder}): their merged "
                                    "weights' path is no LoRA of the same rank; interpolate each from its own start")
             self.start = {n: p.detach().clone() for n, p in _trainable(start.model).items()}
             self.start_name = str(start.folder)
-        self.keep_end = {n for n in self.params if n.endswith("lora_A")}
+        self.keep_end = {n for n in self.params if n.endswith(adapter_kind(run.model.cfg.adapter).kept_trained)}
         for name in self.keep_end:
             b = name[:-1] + "B"
             if b in self.start and self.start[b].abs().max() != 0:
@@ -278,9 +280,9 @@ def save_chosen(run: Run, interpolation: Interpolation, alpha: float, out: Path,
     interpolation.set(alpha)
     with atomic_dir(out / WEIGHTS_DIR) as tmp:
         run.model.save_weights(tmp)
-    head_init = "lp" if run.model.cfg.arch == "cross" else "none"
+    head_init = "lp" if architecture(run.model.cfg.arch).has_head else "none"
     start = interpolation.start
-    if interpolation.start_name == "init" and run.model.cfg.adapter == "none":  # the base model's: not copied
+    if interpolation.start_name == "init" and adapter_kind(run.model.cfg.adapter).full:  # the base model's: not copied
         start = {n: t for n, t in start.items() if ".heads." in n}
     with atomic_dir(out / INIT_DIR) as tmp:
         save_file({n: t.contiguous() for n, t in start.items()}, str(tmp / INIT_WEIGHTS),
@@ -324,7 +326,7 @@ def wise(run_dir: str | Path, out: str | Path, sets: Sequence[EvalSet], options:
         (out / CONFIG).unlink()
     with atomic_path(out / RESULTS) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    start_label = "linear probe" if run.model.cfg.arch == "cross" else "zero-shot"
+    start_label = architecture(run.model.cfg.arch).zero_point
     if start is not None:
         start_label = start.folder.name
     plot_wise(out / PLOT, records, cfg.metric, chosen, title=f"WiSE-FT: {Path(run_dir).name}",

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from toolkit.model.architectures import architecture
+
 
 class Engine(Protocol):
     arch: str  # "bi": forward gives embeddings; "cross": the normalised score of each pair
@@ -37,7 +39,7 @@ class EncodedPairs:
     """Tokenised input of ``PairScorer.score_encoded``: pairs (cross), or distinct sentences and the
     two index arrays that pick each pair's sentences (bi)."""
 
-    kind: str
+    joint: bool  # cross: each item is a pair; bi: each item a sentence
     items: list
     first: Optional[np.ndarray] = None
     second: Optional[np.ndarray] = None
@@ -60,14 +62,14 @@ class PairScorer:
         """Tokenise (the half of ``predict`` a reader thread can do while the other runs)."""
         if len(s1) != len(s2):
             raise ValueError("s1 and s2 differ in length")
-        if self.arch == "cross":
-            return EncodedPairs("cross", self.engine.tokenize(list(s1), list(s2)))
+        if architecture(self.arch).joint:
+            return EncodedPairs(True, self.engine.tokenize(list(s1), list(s2)))
         if not dedupe:
             n = len(s1)
-            return EncodedPairs("bi", self.engine.tokenize([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
+            return EncodedPairs(False, self.engine.tokenize([*s1, *s2]), np.arange(n), np.arange(n, 2 * n))
         unique = list(dict.fromkeys([*s1, *s2]))
         where = {s: i for i, s in enumerate(unique)}
-        return EncodedPairs("bi", self.engine.tokenize(unique), np.array([where[s] for s in s1], dtype=np.int64),
+        return EncodedPairs(False, self.engine.tokenize(unique), np.array([where[s] for s in s1], dtype=np.int64),
                        np.array([where[s] for s in s2], dtype=np.int64))
 
     def score_encoded(self, encoded: EncodedPairs, sort: bool = True) -> np.ndarray:
@@ -79,7 +81,7 @@ class PairScorer:
         if not encoded.items:
             return np.zeros(0)
         rows = self.run(encoded.items, sort=sort)
-        if encoded.kind == "cross":
+        if encoded.joint:
             return rows[:, 0].astype(np.float64)
         a, b = rows[encoded.first].astype(np.float64), rows[encoded.second].astype(np.float64)
         return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)

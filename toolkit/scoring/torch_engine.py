@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from toolkit.model.architectures import architecture
 from toolkit.model.batching import Encoded, PairTokenizer
 from toolkit.model.label_scale import LabelScale
 from toolkit.scoring.pair_scorer import PairScorer
@@ -45,7 +46,7 @@ class TorchEngine:
         return forward
 
     def forward(self, batch: list[Encoded]) -> np.ndarray:
-        return self.batch_fn(self.model.embed if self.arch == "bi" else self.model)(batch)
+        return self.batch_fn(self.model if architecture(self.arch).joint else self.model.embed)(batch)
 
     def map_batches(self, batches: list[list], forward: Callable[[list], np.ndarray]) -> list[np.ndarray]:
         """In eval mode (restored after); sharded over the processes of a distributed run."""

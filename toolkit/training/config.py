@@ -8,17 +8,13 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from toolkit.common.choices import CROSS_LOSSES, RANK_LOSSES, Loss, Metric, check_choices
+from toolkit.common.choices import RANK_LOSSES, Loss, Metric, check_choices
 from toolkit.common.errors import ToolkitError
+from toolkit.model.adapter_kinds import adapter_kind
+from toolkit.model.architectures import architecture
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.regressor import ModelConfig
 from toolkit.training.run_data import DataConfig
-
-# Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
-DEFAULT_LR = {"none": 2e-5}
-
-
-DEFAULT_ADAPTER_LR = 1e-3
 
 
 @dataclass
@@ -55,7 +51,7 @@ class TrainConfig:
     RUN/trackers/; the 'tracking' extra), wandb, mlflow, ..."""
 
     def resolved_lr(self, adapter: str) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(adapter, DEFAULT_ADAPTER_LR)
+        return self.lr if self.lr is not None else adapter_kind(adapter).lr
 
     def validate(self) -> None:
         check_choices(self)
@@ -108,13 +104,13 @@ class BatchSeen:
 def objective_model(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
     """The loss checked against the architecture; the model config as the loss needs it (saved in
     config.json, so that every later command applies the sigmoid a BCE-trained head ends in)."""
-    if cfg.loss in RANK_LOSSES and model_cfg.arch != "bi":
-        raise ToolkitError(f"--loss {cfg.loss} ranks a bi-encoder's similarities: cross-encoders train with "
-                           f"--loss {' or '.join(CROSS_LOSSES)}")
-    if model_cfg.arch != "cross":
-        if cfg.loss not in ("mse", *RANK_LOSSES):
-            raise ToolkitError(f"--loss {cfg.loss} is for cross-encoders (a bi-encoder's cosine is no logit): "
-                               f"use mse, {' or '.join(RANK_LOSSES)}")
+    arch = architecture(model_cfg.arch)
+    if cfg.loss not in arch.losses:
+        why = "ranks a bi-encoder's similarities" if cfg.loss in RANK_LOSSES else \
+            "is for cross-encoders (a bi-encoder's cosine is no logit)"
+        raise ToolkitError(f"--loss {cfg.loss} {why}: {arch.name}-encoders train with --loss "
+                           f"{' or '.join(arch.losses)}")
+    if not arch.has_head:
         return model_cfg
     if cfg.loss == "bce":
         if model_cfg.head_activation == "identity":
@@ -128,7 +124,7 @@ def objective_model(model_cfg: ModelConfig, cfg: TrainConfig) -> ModelConfig:
 
 def label_scale(cfg: TrainConfig, model_cfg: ModelConfig, score_range, train_scores: np.ndarray) -> LabelScale:
     kind = cfg.normalize if cfg.normalize != "auto" else ("range" if score_range else "zscore")
-    if model_cfg.arch == "bi" and kind != "range":
+    if architecture(model_cfg.arch).needs_range and kind != "range":
         raise ToolkitError("--arch bi maps the cosine onto the score range: declare it with --score-range LOW:HIGH")
     if model_cfg.head_activation == "sigmoid" and kind != "range":
         raise ToolkitError("a sigmoid head (--loss bce) predicts the score scaled to 0..1 by its range: declare it "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from toolkit.common.errors import ToolkitError
+from toolkit.model.architectures import architecture
 from toolkit.model.batching import PairTokenizer
 from toolkit.model.regressor import NAME, PairRegressor
 from toolkit.scoring.torch_engine import Predictor
@@ -131,7 +132,7 @@ def fit_linear_probe(model: PairRegressor, tokens: PairTokenizer, train_s: tuple
                      train_y: np.ndarray, dev_s: tuple[Sequence[str], Sequence[str]], dev_y: np.ndarray,
                      batch_size: int, device: torch.device | str) -> ProbeResult:
     """Set the cross-encoder's head to the linear probe; targets are normalised scores."""
-    if model.cfg.arch != "cross":
+    if not architecture(model.cfg.arch).has_head:
         raise ToolkitError("--head-init lp is for cross-encoders: a bi-encoder has no head (its α = 0 is the "
                            "pre-trained model itself)")
     pooler_into_head(model)

@@ -21,6 +21,8 @@ from toolkit.common.config_io import from_dict
 from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
 from toolkit.common.progress import progress_bar
+from toolkit.model.adapter_kinds import adapter_kind
+from toolkit.model.architectures import architecture
 from toolkit.model.batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.losses import OUTPUT, batch_objective
@@ -190,7 +192,7 @@ def _evaluate(session: Session) -> tuple[np.ndarray, dict, list[str]]:
 def _write_weights(session: Session, folder: Path, atomic: bool = False) -> None:
     """The trained weights (adapter + head, or all of them) into ``folder``: gathered from ZeRO-3
     partitions, written by the main process. Every process must call."""
-    params = [p for p in session.unwrapped.parameters() if p.requires_grad or session.model_cfg.adapter == "none"]
+    params = [p for p in session.unwrapped.parameters() if p.requires_grad or adapter_kind(session.model_cfg.adapter).full]
     with gathered(session.accelerator, params):
         if session.main:
             with atomic_dir(folder) if atomic else nullcontext(folder) as target:
@@ -203,12 +205,12 @@ def _write_init(session: Session) -> None:
     the α = 0 end of ``toolkit wise``. Full fine-tuning starts from the base model's weights, which
     are not copied: only its head is saved."""
     named = [(n, p) for n, p in session.unwrapped.named_parameters()
-             if p.requires_grad and (session.model_cfg.adapter != "none" or ".heads." in n)]
+             if p.requires_grad and (not adapter_kind(session.model_cfg.adapter).full or ".heads." in n)]
     with gathered(session.accelerator, [p for _, p in named]):
         if session.main:
             from safetensors.torch import save_file
 
-            head_init = session.cfg.head_init if session.model_cfg.arch == "cross" else "none"
+            head_init = session.cfg.head_init if architecture(session.model_cfg.arch).has_head else "none"
             with atomic_dir(session.out / INIT_DIR) as tmp:
                 save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / INIT_WEIGHTS),
                           metadata={"head_init": head_init})

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from toolkit.common.atomic_io import write_json
-from toolkit.common.choices import CROSS_LOSSES, LOSSES, RANK_LOSSES, Loss, Pooling
+from toolkit.common.choices import LOSSES, Loss, Pooling
 from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
+from toolkit.model.adapter_kinds import adapter_kind
+from toolkit.model.architectures import architecture
 from toolkit.model.regressor import ModelConfig
 from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
 from toolkit.scoring.plots import plot_search
@@ -38,7 +40,6 @@ from toolkit.training.loop import train
 from toolkit.training.run_data import DataConfig
 
 STUDY, RESULT, PLOT, TRIALS, FINAL = "study.db", "search.json", "search.png", "trials", "final"
-BOTTLENECKS = ("seq_bn", "double_seq_bn", "par_bn")
 
 
 @dataclass
@@ -71,24 +72,27 @@ class SearchConfig:
             if loss not in LOSSES:
                 raise ToolkitError(f"--losses: {loss!r} is not one of {', '.join(LOSSES)}")
 
+    def sizes(self, adapter: str) -> dict[str, tuple]:
+        """The adapter's sizes this search varies (those of its kind, where values are given)."""
+        tried = {"reduction_factor": self.reduction_factors, "lora_r": self.lora_ranks}
+        return {name: tried[name] for name in adapter_kind(adapter).searched if tried[name]}
+
     def losses_for(self, arch: str) -> tuple[str, ...]:
-        return self.losses or (("mse", *RANK_LOSSES) if arch == "bi" else CROSS_LOSSES)
+        return self.losses or architecture(arch).losses
 
 
 def suggest(trial, cfg: SearchConfig, model_cfg: ModelConfig) -> dict:
     """One setting: the options of the trial, as ``ModelConfig``/``TrainConfig`` fields."""
     setting = {"lr": trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True),
                "epochs": trial.suggest_categorical("epochs", list(cfg.epoch_choices))}
-    if model_cfg.adapter in BOTTLENECKS and cfg.reduction_factors:
-        setting["reduction_factor"] = trial.suggest_categorical("reduction_factor", list(cfg.reduction_factors))
-    if model_cfg.adapter == "lora" and cfg.lora_ranks:
-        setting["lora_r"] = trial.suggest_categorical("lora_r", list(cfg.lora_ranks))
+    for name, values in cfg.sizes(model_cfg.adapter).items():
+        setting[name] = trial.suggest_categorical(name, list(values))
     losses = cfg.losses_for(model_cfg.arch)
     if len(losses) > 1:
         setting["loss"] = trial.suggest_categorical("loss", list(losses))
     else:
         setting["loss"] = losses[0]
-    if model_cfg.arch == "cross" and cfg.poolings:
+    if architecture(model_cfg.arch).has_head and cfg.poolings:
         setting["pooling"] = trial.suggest_categorical("pooling", list(cfg.poolings))
     return setting
 
@@ -150,13 +154,9 @@ def _enqueue_given(study, model_cfg: ModelConfig, train_cfg: TrainConfig, cfg: S
     """The options as given (the current recipe) are the first trial, where they lie in the space:
     the search then reports whether it found better than them."""
     given = {"lr": train_cfg.resolved_lr(model_cfg.adapter), "epochs": train_cfg.epochs, "loss": train_cfg.loss}
-    if model_cfg.adapter in BOTTLENECKS and cfg.reduction_factors:
-        from toolkit.model.regressor import adapter_config
-
-        given["reduction_factor"] = float(adapter_config(model_cfg).reduction_factor)
-    if model_cfg.adapter == "lora" and cfg.lora_ranks:
-        given["lora_r"] = model_cfg.lora_r
-    if model_cfg.arch == "cross" and cfg.poolings:
+    for name, values in cfg.sizes(model_cfg.adapter).items():
+        given[name] = type(values[0])(adapter_kind(model_cfg.adapter).size(model_cfg, name))
+    if architecture(model_cfg.arch).has_head and cfg.poolings:
         given["pooling"] = model_cfg.pooling or "cls"
     choices = {"epochs": cfg.epoch_choices, "loss": cfg.losses_for(model_cfg.arch),
                "reduction_factor": cfg.reduction_factors, "lora_r": cfg.lora_ranks, "pooling": cfg.poolings}
