@@ -27,7 +27,7 @@ from toolkit.model.batching import LengthGroupedBatchSampler, PairDataset, PairT
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.losses import OUTPUT, batch_objective
 from toolkit.model.regressor import ModelConfig, PairRegressor, kernel_report
-from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model
+from toolkit.model.safe_loading import load_tokenizer, resolve_model
 from toolkit.scoring.metrics import evaluate_predictions, format_metrics, is_better
 from toolkit.scoring.torch_engine import Predictor
 from toolkit.sources import PairChunk
@@ -43,7 +43,15 @@ from toolkit.training.distributed import (
 )
 from toolkit.training.optimiser import make_optimiser
 from toolkit.training.run_data import DataConfig, dev_digest, read_run_data
-from toolkit.training.run_dir import CONFIG, INIT_DIR, INIT_WEIGHTS, METRICS, base_reference, write_config
+from toolkit.training.run_dir import (
+    CONFIG,
+    INIT_DIR,
+    INIT_WEIGHTS,
+    METRICS,
+    base_reference,
+    read_run_config,
+    write_config,
+)
 from toolkit.training.run_log import LOG, STEPS_LOG, RunLog, scalars
 from toolkit.training.session import Session, how_it_starts
 
@@ -364,14 +372,10 @@ def resume(run_dir: str | Path, trust_remote_code: bool = False, progress: bool 
     """Continue a run from its last checkpoint, with the settings it was started with (code
     execution only if the caller allows it: never because the run's own config asks)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise ToolkitError(f"{run_dir}: not a run directory (no {CONFIG})")
-    config = read_json(run_dir / CONFIG)
+    config, model_cfg = read_run_config(run_dir, trust_remote_code)
     try:
-        model_cfg = from_dict(ModelConfig, config["model"], str(run_dir / CONFIG))
         cfg = from_dict(TrainConfig, config["train"], str(run_dir / CONFIG))
         data = from_dict(DataConfig, config["data"], str(run_dir / CONFIG))
     except (KeyError, TypeError, ToolkitError) as e:
         raise ToolkitError(f"{run_dir / CONFIG}: cannot resume a run of another version ({e})") from None
-    model_cfg.trust_remote_code = caller_trust(run_dir / CONFIG, config["model"], trust_remote_code)
     return train(run_dir, data, model_cfg, cfg, resume=True, progress=progress)

@@ -67,20 +67,30 @@ class Run:
         return tuple(rng) if rng else None
 
 
-def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto") -> Run:
-    """``fused_kernel`` is chosen where the run is used, not where it was trained: the weights are the
-    same. ``trust_remote_code`` too: the run's own config can never turn it on."""
-    folder = Path(folder)
+def read_run_config(folder: Path, trust_remote_code: bool) -> tuple[dict, ModelConfig]:
+    """The run's config.json and its model config; code execution only if the caller allows it,
+    never because the run's own config asks."""
     if not (folder / CONFIG).is_file():
         raise ToolkitError(f"{folder}: not a run directory (no {CONFIG}); train one with `toolkit train`")
     config = read_json(folder / CONFIG)
     try:
         model_cfg = from_dict(ModelConfig, config["model"], str(folder / CONFIG))
+    except (KeyError, TypeError, ToolkitError) as e:
+        raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
+    model_cfg.trust_remote_code = caller_trust(folder / CONFIG, config["model"], trust_remote_code)
+    return config, model_cfg
+
+
+def load_run(folder: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto") -> Run:
+    """``fused_kernel`` is chosen where the run is used, not where it was trained: the weights are the
+    same. ``trust_remote_code`` too: the run's own config can never turn it on."""
+    folder = Path(folder)
+    config, model_cfg = read_run_config(folder, trust_remote_code)
+    try:
         labels = LabelScale.from_dict(config["labels"])
         base = config["base_model"]
     except (KeyError, TypeError, ToolkitError) as e:
         raise ToolkitError(f"{folder / CONFIG}: incomplete or from another version ({e})") from None
-    model_cfg.trust_remote_code = caller_trust(folder / CONFIG, config["model"], trust_remote_code)
     model_cfg.fused_kernel = fused_kernel
     _, base_folder = resolve_model(base["name"])
     digest = weights_sha256(base_folder)
