@@ -169,6 +169,36 @@ def test_config_file_round_trip_and_command_line_precedence(tmp_path):
     assert (partial["epochs"], partial["lora_r"], partial["adapter"], partial["lr"]) == (3, 2, "seq_bn", 1e-3)
 
 
+def test_config_file_for_a_command_with_positionals_and_spelled_values(tmp_path):
+    config = tmp_path / "score.yaml"  # score's positional `model` shares its name with the model options' group
+    config.write_text("batch_size: 32\nshard: 2/5\nscore_range: '0:5'\n")  # written as on the command line
+    resolved = _resolved("score", "bundle", "pairs.csv", "-o", "out.parquet", "--config", config)
+    assert (resolved["model"], resolved["data"], resolved["out"]) == ("bundle", "pairs.csv", "out.parquet")
+    assert (resolved["batch_size"], resolved["shard"], resolved["score_range"]) == (32, [2, 5], [0.0, 5.0])
+
+
+@pytest.mark.parametrize("command", ["train", "score", "wise", "search"])
+def test_help_shows_no_none_and_one_default(command, capsys):
+    from toolkit import cli
+
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "None" not in text and "(default: )" not in text  # tyro's {None}|STR and (default: None)
+    assert "(default: library's) (default" not in text
+
+
+def test_config_classes_know_nothing_of_the_cli_library():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "toolkit"
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if any(isinstance(n, (ast.Import, ast.ImportFrom)) and "tyro" in ast.dump(n)
+                          for n in ast.walk(ast.parse(p.read_text()))))
+    assert users == ["cli.py"]
+
+
 @pytest.mark.parametrize("text,expected", [
     ("epochz: 3\n", "{path}: unknown option 'epochz'; valid: "),
     ("- 1\n- 2\n", "{path}: expected a mapping of option: value, got [1, 2]"),

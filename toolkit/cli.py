@@ -5,6 +5,7 @@ the comment after each), parsed by tyro. ``--config FILE.yaml`` gives defaults f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import sys
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, Sequence
 
-from toolkit.common.config_io import checked
+from toolkit.common.config_io import checked, field_hints
 from toolkit.common.errors import ToolkitError, escape, first_line, shorten, show, show_path
+from toolkit.common.option_types import Spelling, is_option
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ OLD_SPELLINGS = {"--skip-bad-rows": ("--policy", "skip"), "--quiet": ("--no-prog
                  "--no-score": ("--no-gold",), "--onnx": ("--format", "onnx"),
                  "--sentence-transformers": ("--format", "sentence-transformers")}
 CONFIG_FLAG, PRINT_FLAGS = "--config", ("--print-config", "--print_config")
+# command-line aliases of config fields (the config classes know nothing of the command line)
+FIELD_ALIASES = {"base_model": ("--model",)}
 GROUPS = {"ModelConfig": "model", "TrainConfig": "training", "DataConfig": "splits", "ExportConfig": "export",
           "ScoreConfig": "scoring", "RayConfig": "ray", "WiseConfig": "wise", "SourceOptions": "pair_file",
           "SearchConfig": "search"}
@@ -62,6 +66,76 @@ def _cli_type(hint: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and str in args:
         return Optional[str] if type(None) in args else str
     return hint
+
+
+def _spelled(hint: Any) -> Any:
+    """``hint`` with each ``Spelling`` (option_types) as tyro's hook for a type read from one token."""
+    import tyro
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        spelling = next((m for m in args[1:] if isinstance(m, Spelling)), None)
+        if spelling is None:
+            return hint
+        return Annotated[args[0], tyro.constructors.PrimitiveConstructorSpec(
+            nargs=1, metavar=spelling.metavar, instance_from_str=lambda a: spelling.parse(a[0]),
+            is_instance=lambda v: v is not None and not isinstance(v, str),
+            str_from_instance=lambda v: [spelling.show(v)])]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_spelled(a) for a in args)]
+    return hint
+
+
+def _shown(help_text: Optional[str], hint: Any, default: Any) -> dict[str, Any]:
+    """How tyro shows an option: its metavar without tyro's ``{None}|`` for an optional value, and no
+    second ``(default: None)`` where the help says what None means."""
+    shown: dict[str, Any] = {}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        bare = typing.get_args(inner)[0] if typing.get_origin(inner) is Annotated else inner
+        if typing.get_origin(bare) is typing.Literal:
+            shown["metavar"] = "{" + ",".join(map(str, typing.get_args(bare))) + "}"
+        else:
+            spelling = next((m for m in typing.get_args(inner)[1:] if isinstance(m, Spelling)), None)
+            shown["metavar"] = spelling.metavar if spelling else getattr(bare, "__name__", "VALUE").upper()
+    if default is None:
+        shown["help_behavior_hint"] = "" if help_text and "default" in help_text else "(optional)"
+    elif default == ():
+        shown["help_behavior_hint"] = "(default: none)"
+    return shown
+
+
+@functools.cache
+def described(cls: type) -> type:
+    """``cls`` as tyro parses it: a subclass whose fields carry the help, aliases, spellings and
+    hidden fields that tyro reads from annotations (the config classes stay free of the CLI library)."""
+    import tyro
+    from tyro._docstrings import get_field_docstring  # tyro's own reading of the comment after a field
+
+    hints = field_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(hint):
+            fields.append((f.name, described(hint), field(default_factory=lambda h=hint: as_described(h()))))
+            continue
+        help_text = get_field_docstring(cls, f.name, ())
+        arg = tyro.conf.arg(help=help_text, aliases=FIELD_ALIASES.get(f.name), **_shown(help_text, hint, default))
+        markers = () if is_option(f) else (tyro.conf.Suppress,)
+        keep = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        fields.append((f.name, Annotated[(_spelled(hint), *markers, arg)], field(metadata=f.metadata, **keep)))
+    made = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
+    made.__doc__ = cls.__doc__
+    return made
+
+
+def as_described(config: Any) -> Any:
+    """A config instance as an instance of its ``described`` class (tyro's defaults must be)."""
+    values = {f.name: as_described(v) if dataclasses.is_dataclass(v := getattr(config, f.name)) else v
+              for f in dataclasses.fields(config)}
+    return described(type(config))(**values)
 
 
 def _parameters(cmd: Command, func: Callable) -> list[tuple[str, Any, Any]]:
@@ -81,8 +155,11 @@ def _parameters(cmd: Command, func: Callable) -> list[tuple[str, Any, Any]]:
         markers = [tyro.conf.Positional] if positional else []
         if p.name in cmd.repeat:
             markers.append(tyro.conf.UseAppendAction)
-        arg = tyro.conf.arg(help=docs.get(p.name), aliases=aliases.get(p.name),
-                            metavar=p.name.upper() if positional else None)
+        shown = _shown(docs.get(p.name), _cli_type(hints[p.name]), dataclasses.MISSING if p.default is p.empty
+                       else p.default)
+        if positional:
+            shown["metavar"] = p.name.upper()
+        arg = tyro.conf.arg(help=docs.get(p.name), aliases=aliases.get(p.name), **shown)
         ann = Annotated[(_cli_type(hints[p.name]), *markers, arg)]
         out.append((p.name, ann, field() if p.default is p.empty else field(default=p.default)))
     return out
@@ -95,7 +172,8 @@ def command_class(name: str) -> type:
 
     cmd = COMMANDS[name]
     fields = _parameters(cmd, getattr(api, cmd.function))
-    fields += [(GROUPS[c.__name__], c, field(default_factory=c)) for c in option_classes(cmd.function)]
+    fields += [(GROUPS[c.__name__], described(c), field(default_factory=described(c)))
+               for c in option_classes(cmd.function)]
     made = dataclasses.make_dataclass(name.replace("-", "_"), fields)
     made.__doc__ = cmd.help
     return made
@@ -134,7 +212,8 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
     if "toolkit_version" in loaded:  # a run's config.json: its training settings, to train again
         loaded = _flat({k: loaded.get(k, {}) for k in ("model", "train", "data")})
     loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    own = {f.name for f in dataclasses.fields(cls)} - set(GROUPS.values())
+    # the command's own parameters, not its config groups (score's parameter `model` is no ModelConfig)
+    own = {f.name for f in dataclasses.fields(cls) if not (isinstance(f.type, type) and dataclasses.is_dataclass(f.type))}
     try:
         built = configs(COMMANDS[name].function, {k: v for k, v in loaded.items() if k not in own})
     except ToolkitError as e:
@@ -146,7 +225,7 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
                   for f in dataclasses.fields(cls) if f.name in own}
     except ToolkitError as e:
         raise ToolkitError(f"{where}: {e}") from None
-    kwargs.update({GROUPS[type(b).__name__]: b for b in built})
+    kwargs.update({GROUPS[type(b).__name__]: as_described(b) for b in built})
     return cls(**kwargs)
 
 

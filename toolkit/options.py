@@ -8,6 +8,7 @@ from typing import Any
 
 from toolkit.common.config_io import field_hints
 from toolkit.common.errors import ToolkitError
+from toolkit.common.option_types import is_option
 
 
 def option_classes(command: str) -> tuple[type, ...]:
@@ -46,14 +47,6 @@ def option_classes(command: str) -> tuple[type, ...]:
     return ()
 
 
-def _is_option(cls: type, name: str) -> bool:
-    """Not a ``tyro.conf.Suppress`` field (values a command sets, such as ``need_score``)."""
-    import tyro
-
-    hint = field_hints(cls)[name]
-    return not any(m is tyro.conf.Suppress for m in getattr(hint, "__metadata__", ()))
-
-
 def _leaves(cls: type) -> list[dataclasses.Field]:
     """Every field of ``cls`` that is an option, nested config classes opened."""
     hints = field_hints(cls)
@@ -61,7 +54,7 @@ def _leaves(cls: type) -> list[dataclasses.Field]:
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             out += _leaves(hints[f.name])
-        elif _is_option(cls, f.name):
+        elif is_option(f):
             out.append(f)
     return out
 
@@ -78,7 +71,7 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             out += option_fields(value)
-        elif _is_option(type(config), f.name):
+        elif is_option(f):
             out.append((config, f.name))
     return out
 

@@ -70,6 +70,9 @@ def checked(name: str, hint: Any, value: Any) -> Any:
         return value
     except typeguard.TypeCheckError:
         pass
+    spelling = _spelling(hint)
+    if isinstance(value, str) and spelling is not None:  # written as on the command line: 0:5, 3/16
+        return spelling.parse(value)
     if isinstance(value, str):
         try:
             number = float(value)
@@ -78,6 +81,18 @@ def checked(name: str, hint: Any, value: Any) -> Any:
         except (ValueError, typeguard.TypeCheckError):
             pass
     raise ToolkitError(f"{name}={show(value)}: expected {type_name(hint)}")
+
+
+def _spelling(hint: Any) -> Any:
+    """The ``Spelling`` (option_types) of a field type, under ``Optional`` too, or None."""
+    from toolkit.common.option_types import Spelling
+
+    for part in (hint, *typing.get_args(hint)):
+        if typing.get_origin(part) is typing.Annotated:
+            found = [m for m in typing.get_args(part)[1:] if isinstance(m, Spelling)]
+            if found:
+                return found[0]
+    return None
 
 
 def type_name(hint: Any) -> str:

@@ -1,22 +1,32 @@
-"""Option types whose command-line spelling is not the one tyro gives their Python type: a score
-range ``0:5``, a shard ``3/16``, an α grid ``0:1:0.1``. Each is the type annotation of its config
-field, so the field, its parser and its help live in one place; tyro's ``PrimitiveConstructorSpec``
-is the documented hook for a type read from one token."""
+"""What the config dataclasses say about their fields as options, without naming any CLI library
+(the CLI layer reads it): types written as one token in their own way (a score range ``0:5``, a
+shard ``3/16``, an α grid ``0:1:0.1``: the ``Spelling`` in the field's annotation, so the field, its
+parser and its help live in one place), and fields a command sets rather than the user."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated, Callable
-
-import tyro
 
 from toolkit.common.errors import ToolkitError
 
+# field metadata of a value the command sets (``need_score``, ...): not an option of any command
+SET_BY_COMMAND = MappingProxyType({"option": False})
 
-def _spec(metavar: str, parse: Callable[[str], object], show: Callable[[object], str]):
-    return tyro.constructors.PrimitiveConstructorSpec(
-        nargs=1, metavar=metavar, instance_from_str=lambda args: parse(args[0]),
-        is_instance=lambda value: value is not None and not isinstance(value, str),
-        str_from_instance=lambda value: [show(value)])
+
+def is_option(f: dataclasses.Field) -> bool:
+    return f.metadata.get("option", True)
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How a value of the annotated type is written as one command-line token, and read back."""
+
+    metavar: str
+    parse: Callable[[str], object]
+    show: Callable[[object], str]
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -57,7 +67,7 @@ def parse_alphas(text: str) -> list[float]:
     return sorted(set(values))
 
 
-ScoreRange = Annotated[tuple[float, float], _spec("LOW:HIGH", parse_range, lambda r: f"{r[0]:g}:{r[1]:g}")]
-Shard = Annotated[tuple[int, int], _spec("I/N", parse_shard, lambda s: f"{s[0]}/{s[1]}")]
-Alphas = Annotated[list[float], _spec("START:STOP:STEP|A,B,...", parse_alphas,
-                                      lambda a: ",".join(f"{x:g}" for x in a))]
+ScoreRange = Annotated[tuple[float, float], Spelling("LOW:HIGH", parse_range, lambda r: f"{r[0]:g}:{r[1]:g}")]
+Shard = Annotated[tuple[int, int], Spelling("I/N", parse_shard, lambda s: f"{s[0]}/{s[1]}")]
+Alphas = Annotated[list[float], Spelling("START:STOP:STEP|A,B,...", parse_alphas,
+                                         lambda a: ",".join(f"{x:g}" for x in a))]

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-import tyro
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -39,8 +38,7 @@ HEAD_WEIGHTS = "model_head.safetensors"
 class ModelConfig:
     """What to build; saved in the run directory, so later commands take no model options."""
 
-    base_model: Annotated[str, tyro.conf.arg(aliases=("--model",))] = DEFAULT_MODEL
-    """short name or local model folder"""
+    base_model: str = DEFAULT_MODEL  # short name or local model folder
     arch: Arch = "bi"  # bi: cosine of two embeddings; cross: joint encoding + head
     adapter: Adapter = "seq_bn"  # adapter type; none = full fine-tuning
     reduction_factor: Optional[float] = None  # bottleneck adapters: hidden size / bottleneck width (default: library's)

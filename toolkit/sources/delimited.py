@@ -138,11 +138,7 @@ class DelimitedReader(Reader):
                     header_pending = False
                     continue
                 row += 1
-                problem = self._record_problem(record, error)
-                if problem:
-                    chunk.add_error(first, row, problem)
-                else:
-                    chunk.add([record[i] for i in index], first, row)
+                chunk.add_record(first, row, self._record_problem(record, error), lambda: [record[i] for i in index])
                 if chunk.size >= chunk_size:
                     yield chunk
                     chunk = RawChunk.empty(needed, Split(self.offset, prev_line + 1, row))

@@ -57,10 +57,7 @@ class JsonlReader(Reader):
                     continue  # a blank line is not a row
                 row += 1
                 obj, problem = self._parse(line, needed)
-                if problem:
-                    chunk.add_error(lineno, row, problem)
-                else:
-                    chunk.add([obj[c] for c in needed], lineno, row)
+                chunk.add_record(lineno, row, problem, lambda: [obj[c] for c in needed])
                 if chunk.size >= chunk_size:
                     yield chunk
                     chunk = RawChunk.empty(needed, Split(offset, lineno + 1, row))

@@ -8,10 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Optional
 
-import tyro
-
 from toolkit.common.choices import Format, Policy
-from toolkit.common.option_types import ScoreRange
+from toolkit.common.option_types import SET_BY_COMMAND, ScoreRange
 
 DEFAULT_COLUMNS = {"s1_col": "sentence1", "s2_col": "sentence2", "score_col": "score"}
 
@@ -56,6 +54,6 @@ class SourceOptions:
     policy: Policy = "fail"
     """bad rows: fail = stop at the first; skip = drop, count and report them (also --skip-bad-rows)"""
     limit: Optional[int] = None  # read at most this many good rows per file
-    need_score: tyro.conf.Suppress[bool] = True  # set by the command: False when only predicting
-    chunk_size: tyro.conf.Suppress[int] = 8192  # records per read; `score` sets it (ScoreConfig.chunk_size)
-    keep_cols: tyro.conf.Suppress[tuple[str, ...]] = ()  # carried through as text; `score` sets it (ScoreConfig)
+    need_score: bool = field(default=True, metadata=SET_BY_COMMAND)  # False when only predicting
+    chunk_size: int = field(default=8192, metadata=SET_BY_COMMAND)  # records per read (ScoreConfig.chunk_size)
+    keep_cols: tuple[str, ...] = field(default=(), metadata=SET_BY_COMMAND)  # carried through as text (ScoreConfig)

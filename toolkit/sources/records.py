@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -49,6 +49,13 @@ class RawChunk:
 
     def add_error(self, loc: int, row: int, message: str) -> None:
         self.errors.append((loc, row, message))
+
+    def add_record(self, loc: int, row: int, problem: Optional[str], values: Callable[[], list[Any]]) -> None:
+        """A record as a reader met it: its problem, or else its values (taken only then)."""
+        if problem:
+            self.add_error(loc, row, problem)
+        else:
+            self.add(values(), loc, row)
 
     @property
     def size(self) -> int:
