@@ -89,7 +89,7 @@ def main() -> int:
         path = out / variant
         if not path.exists():
             export_onnx(args.run, path, ExportConfig(verify_data=str(dev), threads=args.threads, **kw),
-                        log=lambda line: print(line, file=sys.stderr))
+                        say=lambda line: print(line, file=sys.stderr))
         bundles[variant] = Bundle.load(path, threads=args.threads, provider="cpu")
         bundles[variant].predictor(batch_size=args.batch_size)
 

@@ -151,7 +151,7 @@ class Bench:
                 export_onnx(self.run_dir, path, ExportConfig(attention=attention, quantize="int8" if variant == "int8"
                                                              else None, verify_data=str(STSB / "sts-dev.csv"),
                                                              threads=self.args.threads),
-                            overwrite=True, log=lambda line: print(f"  {line}", file=sys.stderr))
+                            overwrite=True, say=lambda line: print(f"  {line}", file=sys.stderr))
             except ToolkitError as e:
                 refused.write_text(str(e))
                 return str(e)
@@ -187,7 +187,7 @@ class Bench:
                               runtime=runtime)
             summaries, said = [], []
             score_file(str(bundle), str(self.test_file), str(self.out / "warm.parquet"), self.options, cfg,
-                       log=said.append)
+                       say=said.append)
             seconds = timed(lambda: summaries.append(score_file(str(bundle), str(self.data),
                                                                 str(self.out / "scores.parquet"),
                                                                 self.options, cfg)), a.repeats)

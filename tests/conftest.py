@@ -106,7 +106,7 @@ def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
     train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=0))
     export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
-                log=lambda line: None)
+                say=lambda line: None)
     return {"run": root / "run", "bundle": root / "bundle"}
 
 

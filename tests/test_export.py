@@ -100,9 +100,9 @@ def test_merge_refuses_bottleneck_adapters(tmp_path, runs):
     assert not (tmp_path / "m").exists()
 
 
-def _export(src, out, small_stsb, log=lambda line: None, **kw) -> dict:
+def _export(src, out, small_stsb, say=lambda line: None, **kw) -> dict:
     cfg = ExportConfig(verify_data=str(small_stsb["dev"]), threads=2, **kw)
-    return export_onnx(src, out, cfg, log=log)
+    return export_onnx(src, out, cfg, say=say)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle
         capfd.readouterr()
         caplog.clear()
         lines: list[str] = []
-        meta = _export(runs["bi-seq_bn"], tmp_path / variant, small_stsb, log=lines.append, **kw)
+        meta = _export(runs["bi-seq_bn"], tmp_path / variant, small_stsb, say=lines.append, **kw)
         printed = capfd.readouterr()
         assert printed.out + printed.err == "", "the libraries' own chatter reached the console"
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
@@ -212,7 +212,7 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
     assert ops["MatMul"] == 8 * LAYERS + 2 * LAYERS  # Q, K, V, QK^T, AV, output, FFN in and out; the adapter's two
     # asked to fuse where the fusion does not match (the adapter's attention): plain ops, said in one line
     lines: list[str] = []
-    meta = _export(runs["bi-seq_bn"], tmp_path / "bi-fused", small_stsb, attention="fused", log=lines.append)
+    meta = _export(runs["bi-seq_bn"], tmp_path / "bi-fused", small_stsb, attention="fused", say=lines.append)
     assert meta["graph"]["attention"] == "plain" and _ops(tmp_path / "bi-fused") == ops
     assert any(line.startswith("fused attention: ONNX Runtime fused 0 of 6 layers' attention") for line in lines)
 
@@ -222,7 +222,7 @@ def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):
         _export(runs["bi-seq_bn"], tmp_path / "b", small_stsb, max_abs_diff=1e-12)
     lines: list[str] = []
     with pytest.raises(ToolkitError, match=r"export refused: int8 loses .* Spearman points"):
-        _export(runs["bi-seq_bn"], tmp_path / "c", small_stsb, log=lines.append, quantize="int8",
+        _export(runs["bi-seq_bn"], tmp_path / "c", small_stsb, say=lines.append, quantize="int8",
                 max_spearman_drop=-100.0)
     # a refused int8 export is tried once more with each layer's FFN output projection (1536 -> 384) in fp32
     (retry,) = [line for line in lines if "quantising again" in line]
@@ -355,7 +355,7 @@ def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, 
     from toolkit.cli import main
 
     bi = load_run(runs["bi-ia3"], fused_kernel="off").predictor(device="cpu")
-    st_dir = export_sentence_transformers(runs["bi-ia3"], tmp_path / "st-bi", log=lambda line: None)
+    st_dir = export_sentence_transformers(runs["bi-ia3"], tmp_path / "st-bi", say=lambda line: None)
     st = SentenceTransformer(str(st_dir), device="cpu")
     texts = list(dict.fromkeys([*dev.s1, *dev.s2]))
     np.testing.assert_allclose(st.encode(texts, batch_size=16), bi.embed(texts), atol=1e-5)
@@ -367,7 +367,7 @@ def test_sentence_transformers_folders_load_with_the_toolkits_outputs(tmp_path, 
     for src in (runs["cross-lora"], cross_exports["merged"]):  # a run, and a merged folder through the CLI
         out = tmp_path / f"st-{src.name}"
         if src == runs["cross-lora"]:
-            export_sentence_transformers(src, out, log=lambda line: None)
+            export_sentence_transformers(src, out, say=lambda line: None)
         else:
             assert main(["export", str(src), "--sentence-transformers", "--out", str(out)]) == 0
             assert f"load it with CrossEncoder('{out}')" in capsys.readouterr().err
@@ -407,7 +407,7 @@ def test_bce_cross_encoder_keeps_its_sigmoid_in_every_form(tmp_path, small_stsb,
                                atol=1e-5)
     _export(run_dir, tmp_path / "bundle", small_stsb)
     np.testing.assert_allclose(Bundle.load(tmp_path / "bundle", threads=2).predict(dev.s1, dev.s2), want, atol=1e-4)
-    st_dir = export_sentence_transformers(merged, tmp_path / "st", log=lambda line: None)
+    st_dir = export_sentence_transformers(merged, tmp_path / "st", say=lambda line: None)
     info = json.loads((st_dir / "toolkit.json").read_text())
     assert info["score"] == "offset + scale * CrossEncoder.predict"
     got = CrossEncoder(str(st_dir), device="cpu").predict(list(zip(dev.s1, dev.s2)), batch_size=16)

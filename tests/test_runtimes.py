@@ -74,7 +74,7 @@ def test_bundle_carries_its_gate_pairs_with_pytorchs_scores(small_models, small_
 def test_auto_serves_the_fastest_that_passes_and_remembers_it(small_models, cache):
     bundle = small_models["bundle"]
     said: list[str] = []
-    chosen = Bundle.load(bundle, threads=2, runtime="auto", log=said.append)
+    chosen = Bundle.load(bundle, threads=2, runtime="auto", say=said.append)
     assert len(said) == 1 and said[0].startswith("runtime auto: ") and "measured now" in said[0], said
     entries = json.loads(cache.read_text())
     (entry,) = entries.values()
@@ -98,10 +98,10 @@ def test_auto_serves_the_fastest_that_passes_and_remembers_it(small_models, cach
     assert drop <= 0.3
 
     again: list[str] = []
-    second = Bundle.load(bundle, threads=2, runtime="auto", log=again.append)
+    second = Bundle.load(bundle, threads=2, runtime="auto", say=again.append)
     assert "remembered" in again[0] and entry["chosen"] in again[0] and second.describe() == chosen.describe()
     assert json.loads(cache.read_text()) == entries  # nothing measured again
-    Bundle.load(bundle, threads=1, runtime="auto", log=again.append)  # other settings: measured for them
+    Bundle.load(bundle, threads=1, runtime="auto", say=again.append)  # other settings: measured for them
     assert "measured now" in again[1] and len(json.loads(cache.read_text())) == 2
 
 
@@ -132,7 +132,7 @@ def test_auto_without_gate_pairs_or_passing_engine(small_models, tmp_path, cache
 
     old = _resigned(bundle, tmp_path / "old", lambda gate: None)  # as bundles were before they carried one
     said: list[str] = []
-    assert Bundle.load(old, threads=2, runtime="auto", log=said.append).engine.runtime == "onnxruntime"
+    assert Bundle.load(old, threads=2, runtime="auto", say=said.append).engine.runtime == "onnxruntime"
     assert said == ["runtime auto: onnxruntime fp32 (the bundle carries no gate.json to gate others on: "
                     "export it again)"]
 
@@ -173,7 +173,7 @@ def test_openvino_refuses_what_it_cannot_serve(small_models, tmp_path):
     with pytest.raises(ToolkitError, match=r"--runtime openvino: OpenVINO serves fp32 bundles \(this one is int8"):
         Bundle.load(int8, runtime="openvino")
     said: list[str] = []
-    assert Bundle.load(int8, threads=2, runtime="auto", log=said.append).engine.runtime == "onnxruntime"
+    assert Bundle.load(int8, threads=2, runtime="auto", say=said.append).engine.runtime == "onnxruntime"
     assert said[0].startswith("runtime auto: onnxruntime int8 (OpenVINO serves fp32 bundles")
     with pytest.raises(ToolkitError, match=r"--runtime must be one of auto, onnxruntime, openvino, not 'tvm'"):
         Bundle.load(small_models["bundle"], runtime="tvm")

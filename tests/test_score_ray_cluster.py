@@ -43,7 +43,7 @@ def bundles(small_models, small_stsb, tmp_path_factory) -> dict[str, Path]:
     int8 = tmp_path_factory.mktemp("int8") / "bundle"
     # the gate is not under test here (the 48-pair model is barely trained); any int8 bundle will do
     export_onnx(small_models["run"], int8, ExportConfig(quantize="int8", verify_data=str(small_stsb["dev"]),
-                                                        max_spearman_drop=100.0, threads=1), log=lambda line: None)
+                                                        max_spearman_drop=100.0, threads=1), say=lambda line: None)
     return {"fp32": small_models["bundle"], "int8": int8}
 
 

@@ -138,14 +138,14 @@ def load(path: str | Path, batch_size: int = 128, provider: str = "auto", thread
     from toolkit.artifacts.open_model import load_model
 
     model = load_model(path, trust_remote_code=trust_remote_code, provider=provider, threads=threads, runtime=runtime,
-                       log=say)
+                       say=say)
     return model.predictor(batch_size=batch_size)
 
 
 def _open(model: str, provider: str, runtime: str, trust_remote_code: bool, say: Say):
     from toolkit.artifacts.open_model import load_model
 
-    opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider, runtime=runtime, log=say)
+    opened = load_model(model, trust_remote_code=trust_remote_code, provider=provider, runtime=runtime, say=say)
     if hasattr(opened, "describe"):
         (say or _quiet)(f"model: {model} on {opened.describe()}")
     return opened
@@ -232,12 +232,12 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
         changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default]
         if changed:
             raise ToolkitError(f"--sentence-transformers takes no ONNX options (got --{changed[0].replace('_', '-')})")
-        return export_sentence_transformers(model, out, overwrite=overwrite, log=say or _quiet)
+        return export_sentence_transformers(model, out, overwrite=overwrite, say=say or _quiet)
     if format != "onnx":
         raise ToolkitError(f"format={format!r}: choose 'onnx' or 'sentence-transformers'")
     from toolkit.artifacts.onnx_export import export_onnx
 
-    return export_onnx(model, out, cfg, overwrite=overwrite, log=say or _quiet)
+    return export_onnx(model, out, cfg, overwrite=overwrite, say=say or _quiet)
 
 
 def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = "local", say: Say = None,
@@ -259,7 +259,7 @@ def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = 
         return score_ray(str(model), data, out, source, cfg, ray_cfg)
     from toolkit.batch.stream import score_file
 
-    return score_file(str(model), data, out, source, cfg, log=say)
+    return score_file(str(model), data, out, source, cfg, say=say)
 
 
 def _eval_set(text: str, role: str, split: str):

@@ -182,7 +182,7 @@ class Graph:
     fused: dict[str, int]
 
 
-def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Graph:
+def build_graph(source: Source, work: Path, cfg: ExportConfig, say=print) -> Graph:
     """Export and fuse. Fused attention is asked of the TorchScript exporter + ORT's BERT fusion; where
     the fusion does not match the model (a bottleneck adapter's attention, as the adapters library
     writes it) or that exporter fails (it is deprecated), the plain dynamo graph is used instead."""
@@ -197,7 +197,7 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Gra
         except Exception as e:  # torch raises many types; the dynamo exporter below is the fallback
             if exporter == "dynamo":
                 raise
-            log(f"fused attention: the TorchScript exporter failed ({first_line(e)}); exporting plain ops")
+            say(f"fused attention: the TorchScript exporter failed ({first_line(e)}); exporting plain ops")
             continue
         optimized = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
                                    hidden_size=hf.hidden_size, opt_level=1)
@@ -206,7 +206,7 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, log=print) -> Gra
             return Graph(optimized, inputs, "plain", exporter, fused)
         if fused.get("Attention", 0) == hf.num_hidden_layers:
             return Graph(optimized, inputs, "fused", exporter, fused)
-        log(f"fused attention: ONNX Runtime fused {fused.get('Attention', 0)} of {hf.num_hidden_layers} layers' "
+        say(f"fused attention: ONNX Runtime fused {fused.get('Attention', 0)} of {hf.num_hidden_layers} layers' "
             "attention in this model; exporting plain ops")
     raise AssertionError("unreachable: the dynamo export returns or raises")
 
@@ -243,7 +243,7 @@ def ffn_output_matmuls(graph: Graph, hf_config) -> list[str]:
             and weights.get(n.input[1]) == shape]
 
 
-def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print, keep_fp32: Sequence[str] = ()) -> None:
+def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, say=print, keep_fp32: Sequence[str] = ()) -> None:
     """The optimised graph as the bundle's precision: fp32 as is, fp16 converted, int8 quantised (but for
     the MatMuls named in ``keep_fp32``)."""
     optimized = graph.model
@@ -266,14 +266,14 @@ def _write_variant(graph: Graph, out: Path, cfg: ExportConfig, log=print, keep_f
     fp32.unlink()
     untyped = sum(m.startswith("Failed to infer data type") for m in notes)
     what = "MatMul and Attention" if graph.attention == "fused" else "MatMul"
-    log(f"quantised to int8: {what} weights per channel, activations dynamically"
+    say(f"quantised to int8: {what} weights per channel, activations dynamically"
         + (f", but for {len(keep_fp32)} FFN output projections (fp32)" if keep_fp32 else "")
         + (f"; {untyped} tensors behind the fused operators stay float (no type to infer; expected)"
            if untyped else ""))
 
 
 def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, overwrite: bool = False,
-                log=print) -> dict:
+                say=print) -> dict:
     """Export, optimise, convert, verify; write the bundle atomically. Returns its metadata."""
     cfg.validate()
     out = Path(out)
@@ -283,11 +283,11 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
     start = time.time()
     reference: dict[int, float] = {}  # PyTorch's scores of the gate's pairs, by index
     with tempfile.TemporaryDirectory(prefix="toolkit-export-") as work, atomic_dir(out) as tmp:
-        log(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX "
+        say(f"exporting {source.folder} ({source.arch}, adapter {source.config['model']['adapter']}) to ONNX "
             f"({cfg.variant}) ...")
-        graph = build_graph(source, Path(work), cfg, log)
-        _write_variant(graph, tmp / MODEL, cfg, log)
-        log("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(graph.fused.items())))
+        graph = build_graph(source, Path(work), cfg, say)
+        _write_variant(graph, tmp / MODEL, cfg, say)
+        say("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(graph.fused.items())))
         source.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER))
         metadata = _metadata(source, cfg, graph, tmp)
 
@@ -303,17 +303,17 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
                 raise
             # where int8 lost more than the limit (LoRA cross-encoders on AVX2 and AMX CPUs), most of the loss
             # was there: retry without it, at some speed
-            log(f"{refused}; quantising again with each layer's FFN output projection in fp32")
-            _write_variant(graph, tmp / MODEL, cfg, log, keep_fp32=keep)
+            say(f"{refused}; quantising again with each layer's FFN output projection in fp32")
+            _write_variant(graph, tmp / MODEL, cfg, say, keep_fp32=keep)
             metadata = _metadata(source, cfg, graph, tmp, keep)
             figures = verify()
         write_json(tmp / GATE, gate_pairs(source, cfg, verify_path, pairs, reference))
         metadata["files"][GATE] = sha256_file(tmp / GATE)
         metadata["verification"] = figures
         write_json(tmp / METADATA, metadata)
-        log(verdict(metadata["verification"]))
+        say(verdict(metadata["verification"]))
     sizes = ", ".join(f"{name} {(out / name).stat().st_size / 2 ** 20:.1f} MiB" for name in (MODEL, TOKENIZER))
-    log(f"bundle written to {out}: {sizes} ({time.time() - start:.0f}s)")
+    say(f"bundle written to {out}: {sizes} ({time.time() - start:.0f}s)")
     return metadata
 
 

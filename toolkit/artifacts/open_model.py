@@ -35,14 +35,14 @@ def kind_of(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, trust_remote_code: bool = False, fused_kernel: str = "auto",
-               provider: str = "auto", threads: Optional[int] = None, runtime: str = "auto", log=None):
+               provider: str = "auto", threads: Optional[int] = None, runtime: str = "auto", say=None):
     """A ``Run`` (a run directory, or a merged folder as one) or a ``Bundle``, ready to predict; a bundle
-    on ``runtime`` (``log`` hears what auto chose and why)."""
+    on ``runtime`` (``say`` hears what auto chose and why)."""
     kind = kind_of(path)
     if kind == "bundle":
         from toolkit.scoring.onnx_bundle import Bundle
 
-        return Bundle.load(path, threads=threads, provider=provider, runtime=runtime, log=log)
+        return Bundle.load(path, threads=threads, provider=provider, runtime=runtime, say=say)
     if kind == "merged":
         from toolkit.artifacts.merge import load_merged_run
 

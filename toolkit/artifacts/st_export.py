@@ -31,7 +31,7 @@ INFO = "toolkit.json"
 
 
 def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwrite: bool = False,
-                                 log=print) -> Path:
+                                 say=print) -> Path:
     """Write the sentence-transformers folder of a run or merged folder to ``out``."""
     from sentence_transformers import CrossEncoder, SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -66,5 +66,5 @@ def export_sentence_transformers(source_dir: str | Path, out: str | Path, overwr
                                 "offset + scale * CrossEncoder.predict" if sigmoid else
                                 "CrossEncoder.predict, on the user's scale", "base_model": config.get("base_model"),
                                 "adapter": config["model"].get("adapter")})
-    log(f"sentence-transformers folder written to {out}: load it with {arch.st_class}({str(out)!r})")
+    say(f"sentence-transformers folder written to {out}: load it with {arch.st_class}({str(out)!r})")
     return out

@@ -41,7 +41,7 @@ class FileScorer:
     """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread), both on the one
     scoring path (scorer.PairScorer) whatever the model."""
 
-    def __init__(self, model_path: str, cfg: ScoreConfig, log=None):
+    def __init__(self, model_path: str, cfg: ScoreConfig, say=None):
         from toolkit.artifacts.open_model import kind_of, load_model, model_files
 
         kind = kind_of(model_path)
@@ -50,7 +50,7 @@ class FileScorer:
 
             torch.set_num_threads(cfg.threads)
         model = load_model(model_path, provider=cfg.provider, threads=cfg.threads, runtime=cfg.runtime,
-                           log=log)  # runs: fused kernel on CUDA
+                           say=say)  # runs: fused kernel on CUDA
         self.predictor = model.predictor(batch_size=cfg.batch_size)
         self.backend = model.describe() if kind == "bundle" else f"pytorch ({self.predictor.device})"
         # what makes the scores what they are: the model's files and where it runs (provider, device);
@@ -117,18 +117,18 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
 
 
 def score_file(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig,
-               log: Optional[Callable[[str], None]] = None) -> ScoreSummary:
+               say: Optional[Callable[[str], None]] = None) -> ScoreSummary:
     """Score every pair of ``input_path`` into ``out`` (a file: .parquet/.csv/.tsv/.jsonl, or a folder);
-    ``log`` hears which engine serves a bundle and why (``--runtime auto``)."""
+    ``say`` hears which engine serves a bundle and why (``--runtime auto``)."""
     cfg.validate()
     start = time.time()
     job = Job.plan(out, cfg.shard)
     with output_lock(job.out, job.tag):  # before anything of the output is read: one job per output
-        return _score_job(model_path, input_path, out, options, cfg, job, start, log)
+        return _score_job(model_path, input_path, out, options, cfg, job, start, say)
 
 
 def _score_job(model_path: str, input_path: str, out: str, options: SourceOptions, cfg: ScoreConfig, job: Job,
-               start: float, log: Optional[Callable[[str], None]]) -> ScoreSummary:
+               start: float, say: Optional[Callable[[str], None]]) -> ScoreSummary:
     """``score_file``'s work, run while this job holds the output."""
     # shards take whole parts (part k -> shard k % n): each part is batched exactly as unsharded,
     # so the union of the shards is the unsharded output, scores included (int8's dynamic
@@ -138,7 +138,7 @@ def _score_job(model_path: str, input_path: str, out: str, options: SourceOption
     source = PairSource(input_path, options)
     if not job.to_dir and job.out.is_file() and not job.manifest.is_file() and not cfg.restart:
         raise ToolkitError(f"{out}: already exists (a finished output); pass --restart to score it again")
-    scorer = FileScorer(model_path, cfg, log)
+    scorer = FileScorer(model_path, cfg, say)
     identity = {"model": scorer.fingerprint, "input": input_fingerprint(Path(input_path)),
                 "settings": output_settings(options, cfg)}
     manifest = open_manifest(job, identity, cfg.restart)

@@ -118,9 +118,9 @@ class Bundle(PairScorer):
 
     @classmethod
     def load(cls, folder: str | os.PathLike, threads: Optional[int] = None, provider: str = "auto",
-             runtime: str = "onnxruntime", log: Optional[Callable[[str], None]] = None) -> "Bundle":
+             runtime: str = "onnxruntime", say: Optional[Callable[[str], None]] = None) -> "Bundle":
         """The bundle, verified, on ``runtime``: onnxruntime, openvino, or auto (the fastest engine that
-        passes the bundle's gate on this machine, measured once and remembered; ``log`` hears why)."""
+        passes the bundle's gate on this machine, measured once and remembered; ``say`` hears why)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -147,7 +147,7 @@ class Bundle(PairScorer):
                                                         "throughput"))
 
         on_cuda = choose_providers(str(metadata.get("variant")), provider, ort.get_available_providers())[0] == CUDA
-        _, bundle = runtimes.choose(folder, metadata, runtime, threads, 64, on_cuda, build, log or (lambda _: None))
+        _, bundle = runtimes.choose(folder, metadata, runtime, threads, 64, on_cuda, build, say or (lambda _: None))
         return bundle
 
     @property

@@ -151,7 +151,7 @@ def measure(scorer, gate: dict, limit: float) -> tuple[float, float, np.ndarray]
 
 
 def choose(folder: Path, metadata: dict, runtime: str, threads: Optional[int], batch_size: int, on_cuda: bool,
-           build: Callable[[Candidate], object], log: Callable[[str], None]) -> tuple[Candidate, object]:
+           build: Callable[[Candidate], object], say: Callable[[str], None]) -> tuple[Candidate, object]:
     """The candidate that serves, and its engine (``build(candidate)``). One candidate: no measurement.
     Several: each is gated and timed on the bundle's gate pairs (or the remembered result is used)."""
     variant = str(metadata.get("variant"))
@@ -162,7 +162,7 @@ def choose(folder: Path, metadata: dict, runtime: str, threads: Optional[int], b
     if len(options) == 1:
         engine = build(options[0])
         if runtime == "auto":
-            log(f"runtime auto: {options[0].label} ({why})")
+            say(f"runtime auto: {options[0].label} ({why})")
         return options[0], engine
 
     from toolkit.common.machine import cpu
@@ -174,7 +174,7 @@ def choose(folder: Path, metadata: dict, runtime: str, threads: Optional[int], b
     if remembered and remembered.get("chosen") in {c.label for c in options}:
         chosen = next(c for c in options if c.label == remembered["chosen"])
         engine = build(chosen)
-        log(f"runtime {runtime}: {chosen.label} ({remembered['why']}; measured {remembered['date']} on this "
+        say(f"runtime {runtime}: {chosen.label} ({remembered['why']}; measured {remembered['date']} on this "
             f"machine, remembered in {cache_path()})")
         return chosen, engine
 
@@ -214,5 +214,5 @@ def choose(folder: Path, metadata: dict, runtime: str, threads: Optional[int], b
                         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                         "measured": {r.candidate.label: {"pairs_per_s": r.rate, "spearman_drop": r.drop,
                                                          "note": r.note} for r in results}}
-    log(f"runtime {runtime}: {best.candidate.label} ({why}; measured now, remembered in {cache_path()})")
+    say(f"runtime {runtime}: {best.candidate.label} ({why}; measured now, remembered in {cache_path()})")
     return best.candidate, engines[best.candidate]
