@@ -310,6 +310,6 @@ def shift_splits(stsb: str, *, out: str) -> dict[str, dict[str, int]]:
         stsb: the STS-B release folder
         out: folder for heldout-{captions,news,forum}/
     """
-    from toolkit.sources.genre_shift import write_genre_shift
+    from toolkit.robustness.genre_shift import write_genre_shift
 
     return write_genre_shift(stsb, out)

@@ -124,7 +124,8 @@ def described(cls: type) -> type:
         help_text = get_field_docstring(cls, f.name, ())
         arg = tyro.conf.arg(help=help_text, aliases=FIELD_ALIASES.get(f.name), **_shown(help_text, hint, default))
         markers = () if is_option(f) else (tyro.conf.Suppress,)
-        keep = {"default": f.default} if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        keep = {"default": f.default} if f.default is not dataclasses.MISSING else \
+            {"default_factory": f.default_factory}
         fields.append((f.name, Annotated[(_spelled(hint), *markers, arg)], field(metadata=f.metadata, **keep)))
     made = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
     made.__doc__ = cls.__doc__
@@ -213,7 +214,8 @@ def _defaults_from(path: str, cls: type, name: str) -> Any:
         loaded = _flat({k: loaded.get(k, {}) for k in ("model", "train", "data")})
     loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
     # the command's own parameters, not its config groups (score's parameter `model` is no ModelConfig)
-    own = {f.name for f in dataclasses.fields(cls) if not (isinstance(f.type, type) and dataclasses.is_dataclass(f.type))}
+    own = {f.name for f in dataclasses.fields(cls)
+           if not (isinstance(f.type, type) and dataclasses.is_dataclass(f.type))}
     try:
         built = configs(COMMANDS[name].function, {k: v for k, v in loaded.items() if k not in own})
     except ToolkitError as e:

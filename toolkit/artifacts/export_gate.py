@@ -90,7 +90,8 @@ def gate_pairs(source: Source, cfg: ExportConfig, path: str, pairs, reference: d
     idx = np.sort(np.random.default_rng(0).permutation(len(pairs))[:GATE_PAIRS])
     return {"data": Path(path).name, "pairs": len(idx), "s1": [pairs.s1[i] for i in idx],
             "s2": [pairs.s2[i] for i in idx], "gold": [float(pairs.scores[i]) for i in idx],
-            "reference": torch_scores(source, pairs, idx, reference).tolist(), "limit_spearman_drop": cfg.max_spearman_drop}
+            "reference": torch_scores(source, pairs, idx, reference).tolist(),
+            "limit_spearman_drop": cfg.max_spearman_drop}
 
 
 def verdict(f: dict) -> str:

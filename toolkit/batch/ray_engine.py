@@ -13,7 +13,7 @@ a time (``max_tasks_in_flight_per_actor=1``), so none idles while another has a 
 starts once the pool is up. Write: Ray Data's ``write_parquet`` into a temporary folder beside the
 output, renamed into place only if every good row is there once (as many rows as the driver read, and
 the same ids); pairs scored per node and per actor are recorded (a retried part counts once). One job
-per output folder (``io_utils.output_lock``, shared with the local engine).
+per output folder (``atomic_io.output_lock``, shared with the local engine).
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ from toolkit.sources import PairChunk, PairSource, SourceOptions
 
 class FileScorer:
     """``prepare`` (tokenise; reader thread) and ``score`` (inference; main thread), both on the one
-    scoring path (scorer.PairScorer) whatever the model."""
+    scoring path (pair_scorer.PairScorer) whatever the model."""
 
     def __init__(self, model_path: str, cfg: ScoreConfig, say=None):
         from toolkit.artifacts.open_model import kind_of, load_model, model_files

@@ -10,7 +10,7 @@ run of the same model and adapter (``start``). Per adapter type, from the run's 
   interpolating A too would make the update quadratic in α;
 - full fine-tuning: every encoder weight, from the base model's.
 
-The cross-encoder's head interpolates from its linear probe (``--head-init lp``, see probe.py): with
+The cross-encoder's head interpolates from its linear probe (``--head-init lp``, see training/linear_probe.py): with
 ``--arch bi`` α = 0 is exactly the zero-shot model, with ``--arch cross`` it is the linear probe on the
 frozen pre-trained model.
 

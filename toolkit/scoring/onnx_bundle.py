@@ -1,6 +1,6 @@
 """Run an exported bundle with only onnxruntime, tokenizers and numpy: no torch, no transformers.
 
-A bundle is ``model.onnx`` + ``tokenizer.json`` + ``metadata.json`` (written by ``toolkit.artifacts.onnx_export``), and
+A bundle is ``model.onnx`` + ``tokenizer.json`` + ``metadata.json`` (written by ``artifacts.onnx_export``), and
 ``gate.json``: the pairs, gold and PyTorch scores its export gate compared on, carried so that another
 engine or precision (OpenVINO; ``runtimes``) is gated again on the machine that serves it.
 Loading checks the bundle before anything runs: every file present, each file's sha256 as the

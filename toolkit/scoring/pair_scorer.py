@@ -3,8 +3,8 @@
 tokenise → order by length → batch → forward → restore input order; a bi-encoder embeds each
 distinct sentence once and scores the cosine of the two embeddings; scores go back onto the user's
 scale. An engine supplies only what differs: how text becomes token ids, and the forward of one
-padded batch (``predict.TorchEngine``: PyTorch, also sharded over the processes of a distributed
-run; ``bundle.OnnxEngine``: ONNX Runtime). numpy only: a bundle is scored without torch.
+padded batch (``torch_engine.TorchEngine``: PyTorch, also sharded over the processes of a distributed
+run; ``onnx_bundle.OnnxEngine``: ONNX Runtime). numpy only: a bundle is scored without torch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PyTorch on the one scoring path (scorer.py): the engine for a ``PairRegressor`` (or a merged
+"""PyTorch on the one scoring path (pair_scorer.py): the engine for a ``PairRegressor`` (or a merged
 folder's ``MergedRegressor``), and ``Predictor``, the scorer every PyTorch caller uses.
 
 Given an Accelerator with several processes (training's dev evaluation), the length-sorted batches

@@ -200,7 +200,8 @@ def _evaluate(session: Session) -> tuple[np.ndarray, dict, list[str]]:
 def _write_weights(session: Session, folder: Path, atomic: bool = False) -> None:
     """The trained weights (adapter + head, or all of them) into ``folder``: gathered from ZeRO-3
     partitions, written by the main process. Every process must call."""
-    params = [p for p in session.unwrapped.parameters() if p.requires_grad or adapter_kind(session.model_cfg.adapter).full]
+    full = adapter_kind(session.model_cfg.adapter).full
+    params = [p for p in session.unwrapped.parameters() if p.requires_grad or full]
     with gathered(session.accelerator, params):
         if session.main:
             with atomic_dir(folder) if atomic else nullcontext(folder) as target:
