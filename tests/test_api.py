@@ -77,3 +77,22 @@ def test_load_predicts_a_list_of_pairs_and_two_lists_alike(small_models):
         a = model.predict(pairs)
         b = model.predict([p[0] for p in pairs], [p[1] for p in pairs])
         assert isinstance(a, np.ndarray) and a.shape == (2,) and np.array_equal(a, b)
+
+
+def test_config_objects_and_keywords_together(tmp_path):
+    import toolkit
+    from toolkit.common.errors import ToolkitError
+    from toolkit.options import configs
+    from toolkit.sources import Columns, SourceOptions
+    from toolkit.training.config import TrainConfig
+
+    given = TrainConfig(epochs=2, lr=1e-4)
+    model_cfg, train_cfg, data_cfg = configs("train", {"epochs": 3, "adapter": "lora"}, {"train_config": given})
+    assert (train_cfg.epochs, train_cfg.lr, model_cfg.adapter) == (3, 1e-4, "lora")  # keywords win, the rest kept
+    assert given.epochs == 2  # the caller's object is not changed
+    with pytest.raises(ToolkitError, match="train_config: expected a TrainConfig, got SourceOptions"):
+        configs("train", {}, {"train_config": SourceOptions()})
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("a,b,y\nA cat.,A dog.,1\n")
+    result = toolkit.check(str(pairs), source_options=SourceOptions(columns=Columns("a", "b", "y")))
+    assert result.ok, result.lines()

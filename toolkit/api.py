@@ -7,18 +7,30 @@
 
 A function's own parameters are what the command acts on (files, folders); its keyword
 ``**options`` are the fields of the config dataclasses ``options.option_classes`` names for it (nested ones
-included: ``SourceOptions``'s ``Columns``), spelt as there, with their defaults. The CLI is
-generated from the same two places (cli.py), so each option and default is defined once.
+included: ``SourceOptions``'s ``Columns``), spelt as there, with their defaults. The same settings can be
+passed as config objects (``train_config=TrainConfig(epochs=2)``; keywords override their fields). The CLI
+is generated from the same places (cli.py), so each option and default is defined once.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from toolkit.common.choices import Provider, Runtime
 from toolkit.common.errors import ToolkitError
 from toolkit.options import configs
+
+if TYPE_CHECKING:  # imported per command at run time (scoring a bundle imports no torch)
+    from toolkit.artifacts.onnx_export import ExportConfig
+    from toolkit.batch.config import ScoreConfig
+    from toolkit.batch.ray_engine import RayConfig
+    from toolkit.model.regressor import ModelConfig
+    from toolkit.robustness.wise import WiseConfig
+    from toolkit.sources import SourceOptions
+    from toolkit.training.config import TrainConfig
+    from toolkit.training.run_data import DataConfig
+    from toolkit.training.search import SearchConfig
 
 Say = Optional[Callable[[str], None]]
 
@@ -65,7 +77,7 @@ def _quiet(line: str) -> None:
     pass
 
 
-def check(file: str, *, gold: bool = True, **options: Any):
+def check(file: str, *, gold: bool = True, source_options: Optional[SourceOptions] = None, **options: Any):
     """Validate a pair file; returns the ``CheckResult`` (``ok``, ``lines()``: rows and every problem).
 
     Args:
@@ -74,12 +86,14 @@ def check(file: str, *, gold: bool = True, **options: Any):
     """
     from toolkit.sources.check import check_file
 
-    (source,) = configs("check", options)
+    (source,) = configs("check", options, {"source_options": source_options})
     return check_file(file, dataclasses.replace(source, need_score=gold))
 
 
 def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Optional[str] = None,
-          overwrite: bool = False, resume_if_exists: bool = False, progress: bool = True, **options: Any):
+          overwrite: bool = False, resume_if_exists: bool = False, progress: bool = True,
+          model_config: Optional[ModelConfig] = None, train_config: Optional[TrainConfig] = None,
+          data_config: Optional[DataConfig] = None, **options: Any):
     """Train an adapter and regression head; returns the ``TrainResult`` (summary, dev predictions).
 
     Args:
@@ -100,14 +114,17 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
         return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")), progress=progress)
     if not out:
         raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
-    model_cfg, cfg, data_cfg = configs("train", options)
+    model_cfg, cfg, data_cfg = configs("train", options, {"model_config": model_config, "train_config": train_config,
+                                                          "data_config": data_config})
     _set_data(data_cfg, data)
     return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists,
                      progress=progress)
 
 
 def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optional[str] = None, say: Say = None,
-           progress: bool = True, **options: Any) -> dict:
+           progress: bool = True, model_config: Optional[ModelConfig] = None,
+           train_config: Optional[TrainConfig] = None, data_config: Optional[DataConfig] = None,
+           search_config: Optional[SearchConfig] = None, **options: Any) -> dict:
     """Search learning rate, epochs, adapter size, loss (and a cross-encoder's pooling) on dev with Optuna; re-run
     the best setting with each seed and only then score test. Resumable: the same command continues a killed
     search. Returns what FOLDER/search.json holds.
@@ -123,7 +140,9 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
 
     if not out:
         raise ToolkitError("name the search folder: --out FOLDER")
-    model_cfg, cfg, data_cfg, search_cfg = configs("search", options)
+    model_cfg, cfg, data_cfg, search_cfg = configs("search", options, {
+        "model_config": model_config, "train_config": train_config, "data_config": data_config,
+        "search_config": search_config})
     _set_data(data_cfg, data)
     if test is None and data and data.startswith("stsb:"):
         test = _data_path(data, "test")
@@ -172,7 +191,8 @@ def predict(model: str, sentence1: str, sentence2: str, *, provider: Provider = 
 
 def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str] = None,
              plot: Optional[str] = None, provider: Provider = "auto",
-             runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None, **options: Any) -> dict:
+             runtime: Runtime = "auto", trust_remote_code: bool = False, say: Say = None,
+             source_options: Optional[SourceOptions] = None, **options: Any) -> dict:
     """Metrics (MSE, RMSE, MAE, Pearson, Spearman with bootstrap intervals, per group) of ``model``
     on a gold pair file; bad rows skipped and metric warnings go to ``say``.
 
@@ -189,7 +209,7 @@ def evaluate(model: str, data: str, *, batch_size: int = 128, json: Optional[str
     """
     from toolkit.artifacts.evaluate import evaluate_file
 
-    (source,) = configs("evaluate", options)
+    (source,) = configs("evaluate", options, {"source_options": source_options})
     opened = _open(model, provider, runtime, trust_remote_code, say)
     source = _as_trained(model, source, say)
     metrics, warnings, skipped = evaluate_file(opened, _data_path(data, "test"), source, batch_size=batch_size,
@@ -213,7 +233,8 @@ def merge(run: str, out: str, *, overwrite: bool = False) -> Path:
 
 
 def export(model: str, out: str, *, format: Literal["onnx", "sentence-transformers"] = "onnx",
-           overwrite: bool = False, say: Say = None, **options: Any):
+           overwrite: bool = False, say: Say = None, export_config: Optional[ExportConfig] = None,
+           **options: Any):
     """A verified ONNX bundle of a run or merged folder (returns its metadata), or a folder that
     ``SentenceTransformer``/``CrossEncoder`` loads (returns its path).
 
@@ -225,7 +246,7 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
             (--sentence-transformers)
         overwrite: replace a folder already in out
     """
-    (cfg,) = configs("export", options)
+    (cfg,) = configs("export", options, {"export_config": export_config})
     if format == "sentence-transformers":
         from toolkit.artifacts.st_export import export_sentence_transformers
 
@@ -241,7 +262,8 @@ def export(model: str, out: str, *, format: Literal["onnx", "sentence-transforme
 
 
 def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = "local", say: Say = None,
-          **options: Any):
+          score_config: Optional[ScoreConfig] = None, ray_config: Optional[RayConfig] = None,
+          source_options: Optional[SourceOptions] = None, **options: Any):
     """Score a pair file of any size into ``out``, exactly once and resumable (a rerun continues);
     returns the ``ScoreSummary``.
 
@@ -251,7 +273,8 @@ def score(model: str, data: str, out: str, *, engine: Literal["local", "ray"] = 
         out: output file (.parquet/.csv/.tsv/.jsonl) or folder/ (--engine ray: a folder of Parquet files)
         engine: local = this process; ray = Ray Data on RAY_ADDRESS's cluster or a local Ray
     """
-    cfg, ray_cfg, source = configs("score", options)
+    cfg, ray_cfg, source = configs("score", options, {"score_config": score_config, "ray_config": ray_config,
+                                                      "source_options": source_options})
     source = dataclasses.replace(_as_trained(model, source, say, gold=False), need_score=False)
     if engine == "ray":
         from toolkit.batch.ray_engine import score_ray
@@ -275,7 +298,7 @@ def _eval_set(text: str, role: str, split: str):
 
 def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (), test: Sequence[str] = (),
          start: Optional[str] = None, choose: bool = False, overwrite: bool = False, say: Say = None,
-         **options: Any):
+         wise_config: Optional[WiseConfig] = None, source_options: Optional[SourceOptions] = None, **options: Any):
     """WiSE-FT: interpolate a run between its start and its trained weights, sweep α on in-distribution
     and shifted sets (results.jsonl, wise.png); with ``choose``, ``out`` becomes a run holding the α
     chosen on the ``id`` set. Returns the ``WiseResult``.
@@ -295,7 +318,7 @@ def wise(run: str, out: str, *, id: Optional[str] = None, ood: Sequence[str] = (
     """
     from toolkit.robustness.wise import wise as run_wise
 
-    cfg, source = configs("wise", options)
+    cfg, source = configs("wise", options, {"wise_config": wise_config, "source_options": source_options})
     source = _as_trained(run, source, say)
     sets = [_eval_set(id, "id", "dev")] if id else []
     sets += [_eval_set(t, "ood", "test") for t in ood] + [_eval_set(t, "test", "test") for t in test]

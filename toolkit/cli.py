@@ -145,12 +145,17 @@ def _parameters(cmd: Command, func: Callable) -> list[tuple[str, Any, Any]]:
     import docstring_parser
     import tyro
 
-    hints = typing.get_type_hints(func, include_extras=True)
+    from toolkit.options import CONFIG_PARAMS, option_classes
+
+    # the config-object parameters are for Python callers: their fields are the command's flags already
+    hints = typing.get_type_hints(func, {**vars(sys.modules[func.__module__]),
+                                         **{c.__name__: c for c in option_classes(cmd.function)}},
+                                  include_extras=True)
     docs = {p.arg_name: " ".join(p.description.split()) for p in docstring_parser.parse(func.__doc__ or "").params}
     aliases = dict(cmd.aliases)
     out = []
     for p in inspect.signature(func).parameters.values():
-        if p.kind is p.VAR_KEYWORD or p.name == "say":
+        if p.kind is p.VAR_KEYWORD or p.name == "say" or p.name in CONFIG_PARAMS.values():
             continue
         positional = p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in cmd.flags
         markers = [tyro.conf.Positional] if positional else []

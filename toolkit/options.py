@@ -76,25 +76,44 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
     return out
 
 
-def _build(cls: type, options: dict[str, Any], used: set[str]) -> Any:
+# the keyword under which a Python caller passes a whole config object (api.py's typed parameters)
+CONFIG_PARAMS = {"ModelConfig": "model_config", "TrainConfig": "train_config", "DataConfig": "data_config",
+                 "SearchConfig": "search_config", "ExportConfig": "export_config", "ScoreConfig": "score_config",
+                 "RayConfig": "ray_config", "WiseConfig": "wise_config", "SourceOptions": "source_options"}
+
+
+def _build(cls: type, options: dict[str, Any], used: set[str], base: Any = None) -> Any:
+    """An instance of ``cls``: ``base``'s values (a config object the caller passed) or the defaults,
+    with the keyword options for its fields on top."""
     from toolkit.common.config_io import checked
 
     hints = field_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], options, used)
+            kwargs[f.name] = _build(hints[f.name], options, used, None if base is None else getattr(base, f.name))
         elif f.name in options:
             kwargs[f.name] = checked(f.name, hints[f.name], options[f.name])
             used.add(f.name)
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)
 
 
-def configs(command: str, options: dict[str, Any]) -> list[Any]:
-    """``options`` (flat keyword options) as the instances of ``command``'s config classes; an
-    unknown name is refused with the valid ones."""
+def configs(command: str, options: dict[str, Any], given: dict[str, Any] | None = None) -> list[Any]:
+    """``options`` (flat keyword options) as the instances of ``command``'s config classes, each
+    starting from the config object in ``given`` (by its ``CONFIG_PARAMS`` name) where there is one;
+    an unknown name is refused with the valid ones, a given object of the wrong class too."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
     used: set[str] = set()
-    built = [_build(cls, options, used) for cls in option_classes(command)]
+    built = []
+    for cls in option_classes(command):
+        base = given.pop(CONFIG_PARAMS[cls.__name__], None)
+        if base is not None and not isinstance(base, cls):
+            raise ToolkitError(f"{CONFIG_PARAMS[cls.__name__]}: expected a {cls.__name__}, got {type(base).__name__}")
+        built.append(_build(cls, options, used, base))
+    if given:
+        raise ToolkitError(f"{command} takes no {', '.join(given)}")
     unknown = sorted(set(options) - used)
     if unknown:
         raise ToolkitError(f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(option_names(command)))}")
