@@ -111,6 +111,21 @@ if triton is not None:
             return tl.dot(a, b)
 
     @triton.jit
+    def _rows_by_matrix(A, M, rows, row_ok, rr, r_ok, H, stride_h, stride_r, DOT: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
+        """A[rows, :H] @ M, M an H x R matrix read with the given strides, streamed over H in blocks;
+        float32 accumulator (BLOCK_T x BLOCK_R). The forward's x @ W_down^T and the backward's dy @ W_up."""
+        acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            cols = h0 + tl.arange(0, BLOCK_H)
+            c_ok = cols < H
+            a = tl.load(A + rows[:, None] * H + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            m = tl.load(M + cols[:, None] * stride_h + rr[None, :] * stride_r, mask=c_ok[:, None] & r_ok[None, :],
+                        other=0.0)
+            acc += _dot(a.to(M.dtype.element_ty), m, DOT)
+        return acc
+
+    @triton.jit
     def _forward_kernel(X, RES, WD, BD, WU, BU, Y, Z, T, H, R, scale,
                         ACT: tl.constexpr, HAS_RES: tl.constexpr, STORE_Z: tl.constexpr, DOT: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -119,13 +134,7 @@ if triton is not None:
         row_ok = rows < T
         rr = tl.arange(0, BLOCK_R)
         r_ok = rr < R
-        acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            cols = h0 + tl.arange(0, BLOCK_H)
-            c_ok = cols < H
-            x = tl.load(X + rows[:, None] * H + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-            wd_t = tl.load(WD + rr[None, :] * H + cols[:, None], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-            acc += _dot(x, wd_t, DOT)
+        acc = _rows_by_matrix(X, WD, rows, row_ok, rr, r_ok, H, 1, H, DOT, BLOCK_T, BLOCK_H, BLOCK_R)  # x @ W_down^T
         z = acc + tl.load(BD + rr, mask=r_ok, other=0.0).to(tl.float32)[None, :]
         if STORE_Z:
             tl.store(Z + rows[:, None] * R + rr[None, :], z, mask=row_ok[:, None] & r_ok[None, :])
@@ -153,13 +162,7 @@ if triton is not None:
         row_ok = rows < T
         rr = tl.arange(0, BLOCK_R)
         r_ok = rr < R
-        dh = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            cols = h0 + tl.arange(0, BLOCK_H)
-            c_ok = cols < H
-            dy = tl.load(DY + rows[:, None] * H + cols[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-            wu = tl.load(WU + cols[:, None] * R + rr[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-            dh += _dot(dy.to(WU.dtype.element_ty), wu, DOT)
+        dh = _rows_by_matrix(DY, WU, rows, row_ok, rr, r_ok, H, R, 1, DOT, BLOCK_T, BLOCK_H, BLOCK_R)  # dy @ W_up
         z = tl.load(Z + rows[:, None] * R + rr[None, :], mask=row_ok[:, None] & r_ok[None, :], other=0.0)
         dz = scale * dh * _act_grad(z, ACT)
         tl.store(DZ + rows[:, None] * R + rr[None, :], dz, mask=row_ok[:, None] & r_ok[None, :])
