@@ -84,7 +84,7 @@ def test_bf16_on_cpu(tmp_path, small_stsb, monkeypatch):
     if toolkit.training.distributed.cpu_has_bf16():  # this machine's AMD EPYC has AVX512-BF16: bf16 trains
         result = run_train(tmp_path / "b", small_stsb, limit=32, epochs=1, precision="bf16")
         assert result.summary["history"][1]["train_loss"] > 0
-    monkeypatch.setattr(toolkit.distributed, "cpu_has_bf16", lambda: False)  # a CPU without it
+    monkeypatch.setattr(toolkit.training.distributed, "cpu_has_bf16", lambda: False)  # a CPU without it
     with pytest.raises(ToolkitError, match="bf16 asked, but this CPU has no bf16 support"):
         run_train(tmp_path / "c", small_stsb, limit=16, precision="bf16")
 
