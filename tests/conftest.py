@@ -9,7 +9,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two test workers share the cores: one compute thread each (OpenMP spinning on more threads than
+    # cores costs more than it gives); set before torch is imported, inherited by subprocesses
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # what --runtime auto measures and remembers: this test session's own (and its subprocesses'), not the
