@@ -9,12 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # two test workers share the cores: one compute thread each (OpenMP spinning on more threads than
-    # cores costs more than it gives); set before torch is imported, inherited by subprocesses
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-import torch  # noqa: E402
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # what --runtime auto measures and remembers: this test session's own (and its subprocesses'), not the
@@ -26,24 +21,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
-# modules that take minutes (processes, clusters, a second environment): started first, so that the two
-# workers finish together rather than one waiting on the last long module
-LONG_FIRST = ("test_score_ray_cluster", "test_score_ray", "test_distributed", "test_base_install", "test_export",
-              "test_gpu_suite")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (--dist loadgroup): each module runs whole on one worker (its module fixtures
-    are built once), and the two Ray modules share one, since a local Ray instance and the loopback
-    cluster must not run side by side (``--address auto`` joins whichever is on this node)."""
-    def group(item) -> str:
-        name = item.module.__name__
-        return "ray" if name.startswith("test_score_ray") else name
-
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: file order otherwise
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
 
 
 def stsb_rows(split: str, n: int | None = None) -> list[list[str]]:
