@@ -48,8 +48,6 @@ def train_one(spec: dict, out: str, train_cfg: dict, tag: str) -> None:
               "launcher_world_size": int(os.environ["WORLD_SIZE"]), "digest": digest.hexdigest(),
               "dev_predictions": result.dev_predictions.tolist(), "seen": seen}
     Path(spec["reports"], f"rank{rank}{tag}.json").write_text(json.dumps(report))
-    torch.distributed.barrier()  # then leave the group: exiting with gloo's threads up can abort under load
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
