@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import roofline  # noqa: E402
 from machine_info import cpu_info  # noqa: E402
-from toolkit import openvino_engine  # noqa: E402
+from toolkit.scoring import openvino_engine  # noqa: E402
 from toolkit.scoring.onnx_bundle import Bundle  # noqa: E402
 from toolkit.common.errors import ToolkitError  # noqa: E402
 from toolkit.artifacts.onnx_export import ExportConfig, export_graph, export_onnx, open_source  # noqa: E402

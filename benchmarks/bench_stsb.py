@@ -37,8 +37,8 @@ from toolkit.scoring.torch_engine import Predictor  # noqa: E402
 from toolkit.training.run_dir import load_run  # noqa: E402
 from toolkit.sources import SourceOptions, read_pairs, resolve_data_spec  # noqa: E402
 from toolkit.training.config import TrainConfig  # noqa: E402
-from toolkit.training.loop import train
-from toolkit.training.run_data import DataConfig
+from toolkit.training.loop import train  # noqa: E402
+from toolkit.training.run_data import DataConfig  # noqa: E402
 from toolkit.common.atomic_io import write_text  # noqa: E402
 
 # name: (model config, train config). "bi-seq_bn" is the toolkit's default.

@@ -29,8 +29,8 @@ from toolkit.model.regressor import ModelConfig  # noqa: E402
 from toolkit.robustness.genre_shift import HELD_OUT, write_genre_shift  # noqa: E402
 from toolkit.sources import SourceOptions, resolve_data_spec  # noqa: E402
 from toolkit.training.config import TrainConfig  # noqa: E402
-from toolkit.training.loop import train
-from toolkit.training.run_data import DataConfig
+from toolkit.training.loop import train  # noqa: E402
+from toolkit.training.run_data import DataConfig  # noqa: E402
 from toolkit.robustness.wise import RESULTS, EvalSet, WiseConfig, choose_alpha, wise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
