@@ -138,7 +138,7 @@ class DelimitedReader(Reader):
                     header_pending = False
                     continue
                 row += 1
-                chunk.add_record(first, row, self._record_problem(record, error), lambda: [record[i] for i in index])
+                chunk.add_record(first, row, self._record_problem(record, error), record, index)
                 if chunk.size >= chunk_size:
                     yield chunk
                     chunk = RawChunk.empty(needed, Split(self.offset, prev_line + 1, row))

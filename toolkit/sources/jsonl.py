@@ -57,7 +57,7 @@ class JsonlReader(Reader):
                     continue  # a blank line is not a row
                 row += 1
                 obj, problem = self._parse(line, needed)
-                chunk.add_record(lineno, row, problem, lambda: [obj[c] for c in needed])
+                chunk.add_record(lineno, row, problem, obj, needed)
                 if chunk.size >= chunk_size:
                     yield chunk
                     chunk = RawChunk.empty(needed, Split(offset, lineno + 1, row))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -50,12 +50,13 @@ class RawChunk:
     def add_error(self, loc: int, row: int, message: str) -> None:
         self.errors.append((loc, row, message))
 
-    def add_record(self, loc: int, row: int, problem: Optional[str], values: Callable[[], list[Any]]) -> None:
-        """A record as a reader met it: its problem, or else its values (taken only then)."""
+    def add_record(self, loc: int, row: int, problem: Optional[str], record: Any, keys: Sequence[Any]) -> None:
+        """A record as a reader met it: its problem, or else ``record[k]`` for each of ``keys`` (the
+        chunk's columns, in order: field positions of a CSV row, names of a JSON object)."""
         if problem:
             self.add_error(loc, row, problem)
         else:
-            self.add(values(), loc, row)
+            self.add([record[k] for k in keys], loc, row)
 
     @property
     def size(self) -> int:
