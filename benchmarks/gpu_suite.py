@@ -482,7 +482,7 @@ def part_score(s: Suite, p: Part) -> None:
     test = _read(stsb / "sts-test.csv")
     if s.smoke:
         test = type(test)(test.ids[:64], test.s1[:64], test.s2[:64], test.scores[:64], None, test.locs[:64])
-    n = s.args.pairs or (300 if s.smoke else 200_000)
+    n = s.args.pairs or (64 if s.smoke else 200_000)
     reps = -(-n // len(test))
     s1, s2 = (test.s1 * reps)[:n], (test.s2[37:] + test.s2[:37]) * reps  # mixed pairs: not the test set's
     s2 = s2[:n]
@@ -591,7 +591,7 @@ def main() -> int:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     ap.add_argument("--model", default="all-MiniLM-L6-v2", help="base model: short name or local folder")
     ap.add_argument("--stsb", default=str(STSB), help="STS Benchmark folder")
-    ap.add_argument("--pairs", type=int, default=0, help="pairs per scorer (default 200000; smoke 300)")
+    ap.add_argument("--pairs", type=int, default=0, help="pairs per scorer (default 200000; smoke 64)")
     ap.add_argument("--score-batch", default="1024", help="pairs per forward, every scorer (comma-separated)")
     ap.add_argument("--work", help="working folder (trained runs, bundles; default: a new temporary one)")
     ap.add_argument("--prepare", metavar="DIR", help="write what a device call carries into DIR, and stop")

@@ -5,7 +5,9 @@
 Ray's own ``ray.cluster_utils.Cluster`` starts its nodes inside the calling process's Ray session;
 the point here is separate processes that can be killed one at a time, a raylet like a lost machine.
 Tear-down kills every process each node started (found through psutil before the kill), so nothing
-is left behind even when the test or benchmark fails.
+is left behind even when the test or benchmark fails. The cluster keeps its sessions and address file
+in a temporary folder of its own (RAY_TMPDIR), so that ``--address auto`` finds this cluster and no
+other Ray instance on the machine (a test running beside it) finds it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -47,12 +50,19 @@ class LocalCluster:
         self.address = f"127.0.0.1:{_free_port()}"
         self.log_dir = log_dir
         self.nodes: list[subprocess.Popen] = []  # head first
+        # short: Ray's socket paths under it must stay within the OS limit (107 bytes)
+        self.tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         self._seen: set[psutil.Process] = set()
 
     @property
     def env(self) -> dict[str, str]:
         """The environment a driver joining this cluster runs with."""
-        return {**os.environ, **ENV, "RAY_ADDRESS": self.address}
+        return {**os.environ, **self._env, "RAY_ADDRESS": self.address}
+
+    @property
+    def _env(self) -> dict[str, str]:
+        """What every node and driver of this cluster shares."""
+        return {**ENV, "RAY_TMPDIR": self.tmp}
 
     def __enter__(self) -> "LocalCluster":
         try:
@@ -78,7 +88,7 @@ class LocalCluster:
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         out = open(self.log_dir / f"{name}.log", "ab") if self.log_dir else subprocess.DEVNULL
         node = subprocess.Popen([_ray_bin(), "start", "--block", "--node-ip-address=127.0.0.1",
-                                 "--disable-usage-stats", *args], env={**os.environ, **ENV},
+                                 "--disable-usage-stats", *args], env={**os.environ, **self._env},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
         return node
@@ -153,13 +163,7 @@ class LocalCluster:
         psutil.wait_procs(list(self._seen), timeout=30)
         for node in self.nodes:
             node.wait(timeout=30)
-        # `ray stop` would remove the address `ray start` left for ray.init() to find; a kill does not
-        current = Path("/tmp/ray/ray_current_cluster")
-        try:
-            if current.read_text().strip().endswith(f":{self.address.split(':')[1]}"):
-                current.unlink()
-        except OSError:
-            pass
+        shutil.rmtree(self.tmp, ignore_errors=True)  # sessions, logs Ray kept there, the address file
 
     def leftovers(self) -> list[int]:
         """Pids of this cluster's processes still running (none after ``stop``)."""

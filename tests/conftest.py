@@ -19,8 +19,24 @@ os.environ["TOOLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-test-cache-")
 # defined, so it must be set before anything imports toolkit.kernels (the kernels/ folder).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist the workers share the machine's cores: one thread each (and in the processes
+# they start), rather than every worker's torch and ONNX Runtime spreading over all cores at once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
+
+# The longest modules first (measured: benchmarks/RESULTS.md, "The test suite's time"), the rest in their
+# own order. pytest-xdist's --dist loadfile hands modules out in this order as workers come free, so the
+# last module to finish is a short one and no core waits at the end for a long one started late.
+LONGEST_FIRST = ("test_distributed", "test_wise", "test_export", "test_score_ray_cluster", "test_score",
+                 "test_own_data", "test_gpu_suite", "test_base_install", "test_cli")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: a module's own order kept
 
 
 def stsb_rows(split: str, n: int | None = None) -> list[list[str]]:

@@ -168,7 +168,7 @@ def test_same_file_for_train_and_dev_is_refused(tmp_path, capsys, monkeypatch):
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert "--train and --dev name the same pairs" in err and "drop --dev to hold out a share" in err
     assert not (tmp_path / "run").exists()
-    with pytest.raises(Exception, match="--dev-fraction must be between 0 and 1"):
+    with pytest.raises(Exception, match=r"--dev-fraction must be in \(0, 1\), not 1.0"):
         DataConfig(train="pairs.csv", dev_fraction=1.0).validate()
 
 

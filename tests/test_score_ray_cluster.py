@@ -25,7 +25,9 @@ psutil = pytest.importorskip("psutil")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from ray_cluster import LocalCluster  # noqa: E402
 
-CHUNK = 250
+# 20 parts of 30 pairs, 10 per actor: enough parts for a kill to land mid-job and for the spread to
+# show, few enough pairs (the model scores ~90 pairs/s on one core here) for a 2-core CI machine
+N, CHUNK = 600, 30
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +49,31 @@ def bundles(small_models, small_stsb, tmp_path_factory) -> dict[str, Path]:
     return {"fp32": small_models["bundle"], "int8": int8}
 
 
-def _pairs(path: Path, n: int) -> Path:
-    """``n`` STS-B test pairs (cycled) as CSV: read tasks then start at byte offsets."""
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """``N`` STS-B test pairs (cycled) as CSV: read tasks then start at byte offsets."""
     rows = stsb_rows("test")
+    path = tmp_path_factory.mktemp("cluster_pairs") / "pairs.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["sentence1", "sentence2", "genre"])
-        for i in range(n):
+        for i in range(N):
             r = rows[i % len(rows)]
             w.writerow([r[5], r[6] if i % 3 else f"{r[6]} ({i})", r[0]])
     return path
 
 
-def _local(bundle: Path, path: Path, out: Path) -> dict[str, dict]:
-    score_file(str(bundle), str(path), str(out), SourceOptions(),
-               ScoreConfig(chunk_size=CHUNK, threads=1, keep_cols=("genre",), progress=False,
-                           runtime="onnxruntime"))  # the engine Ray's actors use under --runtime auto
-    return {r["id"]: r for r in pq.read_table(out).to_pylist()}
+@pytest.fixture(scope="module")
+def local(bundles, pairs, tmp_path_factory) -> dict[str, dict[str, dict]]:
+    """The local engine's rows by id for each bundle: the reference every Ray job is held to."""
+    made = {}
+    for precision, bundle in bundles.items():
+        out = tmp_path_factory.mktemp(f"local_{precision}") / "scores.parquet"
+        score_file(str(bundle), str(pairs), str(out), SourceOptions(),
+                   ScoreConfig(chunk_size=CHUNK, threads=1, keep_cols=("genre",), progress=False,
+                               runtime="onnxruntime"))  # the engine Ray's actors use under --runtime auto
+        made[precision] = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    return made
 
 
 def _driver(cluster: LocalCluster, bundle: Path, path: Path, out: Path, *extra: str,
@@ -106,16 +116,13 @@ def _wait_for_first_part(out: Path, driver: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def test_work_spreads_over_worker_nodes(tmp_path, cluster, bundles):
-    """Scores equal to the local engine's are the kill tests' check; here: every row once, and the spread."""
-    n = 5_000  # 20 parts: 10 per actor
-    path = _pairs(tmp_path / "pairs.csv", n)
-    _, err = _finish(_driver(cluster, bundles["int8"], path, tmp_path / "ray"))
-    ids = pads.dataset(str(tmp_path / "ray"), format="parquet").to_table(columns=["id"]).column("id").to_pylist()
-    assert sorted(ids, key=int) == [str(i) for i in range(1, n + 1)]
+def test_work_spreads_over_worker_nodes(tmp_path, cluster, bundles, pairs, local):
+    """Every row once with the local engine's score, and the work spread over both worker nodes."""
+    _, err = _finish(_driver(cluster, bundles["int8"], pairs, tmp_path / "ray"))
+    _same_as_local(local["int8"], tmp_path / "ray")
     nodes = _counts(err, "node")
-    assert len(nodes) == 2 and sum(nodes.values()) == n, nodes  # the head has no CPUs: only workers score
-    mean = n / 2
+    assert len(nodes) == 2 and sum(nodes.values()) == N, nodes  # the head has no CPUs: only workers score
+    mean = N / 2
     assert all(mean / 2 <= n <= 2 * mean for n in nodes.values()), nodes
     assert "but the operator only received" not in err
 
@@ -127,20 +134,17 @@ def _kill_an_actor(cluster: LocalCluster) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_an_actor_killed_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles, precision):
-    path = _pairs(tmp_path / "pairs.csv", 4_000)
-    local = _local(bundles[precision], path, tmp_path / "local.parquet")
+def test_an_actor_killed_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles, pairs, local, precision):
     # --address auto: the cluster this node belongs to
-    driver = _driver(cluster, bundles[precision], path, tmp_path / "ray", address="auto")
+    driver = _driver(cluster, bundles[precision], pairs, tmp_path / "ray", address="auto")
     _wait_for_first_part(tmp_path / "ray", driver)
     _kill_an_actor(cluster)
     _finish(driver)
-    _same_as_local(local, tmp_path / "ray")
+    _same_as_local(local[precision], tmp_path / "ray")
 
 
-def test_more_actors_than_the_cluster_holds_fail_in_one_line(tmp_path, cluster, bundles):
-    path = _pairs(tmp_path / "pairs.csv", 100)
-    driver = _driver(cluster, bundles["fp32"], path, tmp_path / "ray", "--actors", "3", "--wait-actors-s", "5")
+def test_more_actors_than_the_cluster_holds_fail_in_one_line(tmp_path, cluster, bundles, pairs):
+    driver = _driver(cluster, bundles["fp32"], pairs, tmp_path / "ray", "--actors", "3", "--wait-actors-s", "5")
     _, err = driver.communicate(timeout=300)
     assert driver.returncode != 0
     assert any(line.startswith("the cluster did not start 3 scoring actors in 5s (it has 2 CPUs")
@@ -148,14 +152,12 @@ def test_more_actors_than_the_cluster_holds_fail_in_one_line(tmp_path, cluster, 
     assert not (tmp_path / "ray").exists()
 
 
-def test_a_worker_node_lost_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles):
+def test_a_worker_node_lost_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles, pairs, local):
     """The raylet of one worker is SIGKILLed (the machine is gone): its actor's parts are scored again
     on the other node; the output is the local engine's. int8: the README's Ray + int8 claim."""
-    path = _pairs(tmp_path / "pairs.csv", 4_000)
-    local = _local(bundles["int8"], path, tmp_path / "local.parquet")
-    driver = _driver(cluster, bundles["int8"], path, tmp_path / "ray")
+    driver = _driver(cluster, bundles["int8"], pairs, tmp_path / "ray")
     _wait_for_first_part(tmp_path / "ray", driver)
     cluster.kill_node(cluster.nodes[1])
     _, err = _finish(driver)
-    _same_as_local(local, tmp_path / "ray")
-    assert sum(_counts(err, "node").values()) == 4_000
+    _same_as_local(local["int8"], tmp_path / "ray")
+    assert sum(_counts(err, "node").values()) == N

@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence
+from typing import Annotated, Iterator, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from toolkit.artifacts.merge import is_merged, load_merged_run
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.choices import Attention, Provider
 from toolkit.common.errors import ToolkitError, first_line
+from toolkit.common.option_types import Bounds, Count, check_options
 from toolkit.model.architectures import architecture
 from toolkit.model.label_scale import LabelScale
 from toolkit.scoring.onnx_bundle import FORMAT, METADATA, MODEL, TOKENIZER, Bundle, sha256_file
@@ -51,10 +52,10 @@ class ExportConfig:
     opset: int = 18  # ONNX opset
     verify_data: Optional[str] = None
     """pair file for the verification gate, read with the run's columns (default: the run's dev pairs)"""
-    verify_pairs: int = 256  # pairs compared with PyTorch for fp32
+    verify_pairs: Annotated[int, Bounds(8)] = 256  # pairs compared with PyTorch for fp32
     max_abs_diff: float = 1e-4  # fp32 gate: largest score difference from PyTorch allowed
     max_spearman_drop: float = 0.3  # fp16/int8 gate: Spearman points lost on the dev file allowed
-    threads: Optional[int] = None  # ONNX Runtime threads for the verification
+    threads: Optional[Count] = None  # ONNX Runtime threads for the verification
     attention: Attention = "auto"
     """fused: one com.microsoft Attention operator per layer (TorchScript exporter + ONNX Runtime's fusion;
     plain ops where the model does not fuse); plain: MatMul/Softmax ops (dynamo exporter); auto: whichever
@@ -71,12 +72,9 @@ class ExportConfig:
         return DEFAULT_ATTENTION[(self.variant, arch)] if self.attention == "auto" else self.attention
 
     def validate(self) -> None:
-        if self.quantize not in (None, "int8"):
-            raise ToolkitError("--quantize: only int8 (dynamic quantisation, for CPUs) is supported")
+        check_options(self)
         if self.fp16 and self.quantize:
             raise ToolkitError("choose one of --fp16 and --quantize int8")
-        if self.verify_pairs < 8:
-            raise ToolkitError("--verify-pairs must be at least 8")
 
 
 INT8_OPS = ("MatMul", "Attention")  # what int8 quantises: every weight MatMul, fused attention's projections too

@@ -6,17 +6,16 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from toolkit.common.choices import Provider, Runtime
-from toolkit.common.errors import ToolkitError
-from toolkit.common.option_types import Shard
+from toolkit.common.option_types import Count, Shard, check_options
 
 
 @dataclass
 class ScoreConfig:
     """How to score: parts, batches, threads; the manifest keeps those that change the output."""
 
-    chunk_size: int = 8192  # input records per part (the unit of resumption)
-    batch_size: int = 64  # pairs per forward pass
-    threads: Optional[int] = None
+    chunk_size: Count = 8192  # input records per part (the unit of resumption)
+    batch_size: Count = 64  # pairs per forward pass
+    threads: Optional[Count] = None
     """ONNX Runtime / torch threads (default: all cores; --engine ray: per actor, default 1)"""
     shard: Optional[Shard] = None  # score only shard I of N (0-based)
     restart: bool = False  # discard an earlier attempt's parts and start over
@@ -29,10 +28,7 @@ class ScoreConfig:
     that passes the bundle's gate on this machine, measured once and remembered (--engine ray: onnxruntime)"""
 
     def validate(self) -> None:
-        if self.chunk_size < 1 or self.batch_size < 1:
-            raise ToolkitError("--chunk-size and --batch-size must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise ToolkitError("--threads must be at least 1")
+        check_options(self)
 
 
 @dataclass

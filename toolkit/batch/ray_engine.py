@@ -34,6 +34,7 @@ from toolkit.batch.outputs import part_table
 from toolkit.batch.stream import FileScorer
 from toolkit.common.atomic_io import atomic_dir, output_lock
 from toolkit.common.errors import ToolkitError, first_line, show, show_path
+from toolkit.common.option_types import Count, NonNegative, Positive, check_options
 from toolkit.sources import PairChunk, PairSource, PartPlan, SourceOptions
 from toolkit.sources.hf_dataset import is_dataset_folder
 from toolkit.sources.source import EXTENSIONS
@@ -50,21 +51,16 @@ ADDRESS = re.compile(r"auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+")
 class RayConfig:
     """Where and how wide --engine ray runs."""
 
-    num_gpus_per_actor: float = 0.0  # GPUs per scoring actor; 0 = CPU actors
-    actors: Optional[int] = None
+    num_gpus_per_actor: NonNegative = 0.0  # GPUs per scoring actor; 0 = CPU actors
+    actors: Optional[Count] = None
     """scoring actors (default: cluster CPUs / --threads, or GPUs / --num-gpus-per-actor)"""
     address: Optional[str] = None
     """an existing cluster: auto (this node's), HOST:PORT (its head's GCS) or ray://HOST:PORT (Ray Client);
     default: RAY_ADDRESS, else a local Ray instance for this job"""
-    wait_actors_s: float = 600.0  # wait this long for every scoring actor to start, then fail in one line
+    wait_actors_s: Positive = 600.0  # wait this long for every scoring actor to start, then fail in one line
 
     def validate(self) -> None:
-        if self.num_gpus_per_actor < 0:
-            raise ToolkitError("--num-gpus-per-actor must be 0 or more")
-        if self.actors is not None and self.actors < 1:
-            raise ToolkitError("--actors must be at least 1")
-        if self.wait_actors_s <= 0:
-            raise ToolkitError("--wait-actors-s must be more than 0")
+        check_options(self)
         if self.address is not None and not ADDRESS.fullmatch(self.address):
             raise ToolkitError(f"--address {show(self.address, 60)}: expected auto, HOST:PORT or ray://HOST:PORT")
 

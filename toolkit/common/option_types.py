@@ -1,16 +1,21 @@
 """What the config dataclasses say about their fields as options, without naming any CLI library
 (the CLI layer reads it): types written as one token in their own way (a score range ``0:5``, a
 shard ``3/16``, an α grid ``0:1:0.1``: the ``Spelling`` in the field's annotation, so the field, its
-parser and its help live in one place), and fields a command sets rather than the user."""
+parser and its help live in one place), the numbers a numeric option accepts (``Bounds``, in the
+annotation too), and fields a command sets rather than the user. ``check_options`` holds a config to
+its annotations: every ``validate`` starts with it."""
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Callable
+from typing import Annotated, Any, Callable, Literal, Optional
 
-from toolkit.common.errors import ToolkitError
+from toolkit.common.config_io import field_hints
+from toolkit.common.errors import ToolkitError, show
 
 # field metadata of a value the command sets (``need_score``, ...): not an option of any command
 SET_BY_COMMAND = MappingProxyType({"option": False})
@@ -71,3 +76,66 @@ ScoreRange = Annotated[tuple[float, float], Spelling("LOW:HIGH", parse_range, la
 Shard = Annotated[tuple[int, int], Spelling("I/N", parse_shard, lambda s: f"{s[0]}/{s[1]}")]
 Alphas = Annotated[list[float], Spelling("START:STOP:STEP|A,B,...", parse_alphas,
                                          lambda a: ",".join(f"{x:g}" for x in a))]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a numeric option accepts (each element's, for a tuple of numbers)."""
+
+    low: float
+    high: Optional[float] = None
+    low_open: bool = False  # ``low`` itself refused
+    high_open: bool = True  # ``high`` itself refused
+
+    def holds(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low  # False for NaN, as below
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def says(self) -> str:
+        if self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low_open:
+            return "positive" if self.low == 0 else f"more than {self.low:g}"
+        return "0 or more" if self.low == 0 else f"at least {self.low:g}"
+
+
+Count = Annotated[int, Bounds(1)]
+Positive = Annotated[float, Bounds(0, low_open=True)]
+NonNegative = Annotated[float, Bounds(0)]
+Share = Annotated[float, Bounds(0, 1)]  # a fraction: 0 included, 1 not
+
+
+def _parts(hint: Any) -> tuple[Any, tuple]:
+    """The type under ``Optional`` and ``Annotated``, and the annotation's markers."""
+    others = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(others) == 1:
+        hint = others[0]
+    if typing.get_origin(hint) is Annotated:
+        return typing.get_args(hint)[0], typing.get_args(hint)[1:]
+    return hint, ()
+
+
+def check_options(config: Any) -> None:
+    """Each field of a config dataclass holds what its annotation allows: one of a ``Literal``'s values,
+    a number within its ``Bounds``, for a tuple each element, None where optional. The one check of
+    every closed or bounded option, with the flag named (a Python caller passes values the type checker
+    may not see)."""
+    hints = field_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        bare, markers = _parts(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        many = typing.get_origin(bare) in (tuple, list) and isinstance(value, (tuple, list))
+        if many:
+            bare, inner = _parts(typing.get_args(bare)[0])
+            markers, flag = markers + inner, flag + ": each value"
+        allowed = typing.get_args(bare) if typing.get_origin(bare) is Literal else None
+        for x in value if many else (value,):
+            if allowed is not None and x not in allowed:
+                raise ToolkitError(f"{flag} must be one of {', '.join(map(str, allowed))}, not {show(x)}")
+            for bounds in (m for m in markers if isinstance(m, Bounds)):
+                if not bounds.holds(x):
+                    raise ToolkitError(f"{flag} must be {bounds.says()}, not {show(x)}")

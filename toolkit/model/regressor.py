@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling, check_choices
+from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling
+from toolkit.common.option_types import Bounds, Count, Positive, Share, check_options
 from toolkit.common.errors import ToolkitError
 from toolkit.model.adapter_kinds import adapter_kind, fused_kinds
 from toolkit.model.architectures import architecture
@@ -41,29 +42,22 @@ class ModelConfig:
     base_model: str = DEFAULT_MODEL  # short name or local model folder
     arch: Arch = "bi"  # bi: cosine of two embeddings; cross: joint encoding + head
     adapter: Adapter = "seq_bn"  # adapter type; none = full fine-tuning
-    reduction_factor: Optional[float] = None  # bottleneck adapters: hidden size / bottleneck width (default: library's)
-    lora_r: int = 8  # LoRA rank
+    reduction_factor: Optional[Positive] = None
+    """bottleneck adapters: hidden size / bottleneck width (default: library's)"""
+    lora_r: Count = 8  # LoRA rank
     lora_alpha: Optional[float] = None  # LoRA alpha (default: equal to the rank: scaling 1)
-    max_length: int = 128  # tokens per input
+    max_length: Annotated[int, Bounds(8)] = 128  # tokens per input
     head_layers: int = 2  # cross-encoders: layers of the regression head
     pooling: Optional[Pooling] = None  # cross-encoders: what the head reads, the [CLS] state (default) or the mean
     head_activation: Optional[HeadActivation] = None
     """cross-encoders: the head's output function (default: sigmoid when trained with --loss bce, else identity)"""
-    dropout: Optional[float] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
+    dropout: Optional[Share] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
     fused_kernel: Literal["auto", "on", "off"] = "auto"
     """Triton kernel for bottleneck adapters (auto: on with a CUDA GPU and Triton)"""
     trust_remote_code: bool = False  # allow a model folder's own code (auto_map)
 
     def validate(self) -> None:
-        check_choices(self)
-        if self.reduction_factor is not None and not self.reduction_factor > 0:
-            raise ToolkitError("--reduction-factor must be positive")
-        if self.lora_r < 1:
-            raise ToolkitError("--lora-r must be at least 1")
-        if self.max_length < 8:
-            raise ToolkitError("--max-length must be at least 8")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ToolkitError("--dropout must be in [0, 1)")
+        check_options(self)
         if not architecture(self.arch).has_head and (self.pooling is not None or self.head_activation is not None):
             raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
                                "each sentence and scores the cosine")

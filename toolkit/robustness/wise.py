@@ -31,9 +31,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from toolkit.common.atomic_io import atomic_dir, atomic_path, refuse_existing, write_json
-from toolkit.common.choices import Metric, check_choices
+from toolkit.common.choices import Metric
 from toolkit.common.errors import ToolkitError
-from toolkit.common.option_types import Alphas
+from toolkit.common.option_types import Alphas, Count, NonNegative, check_options
 from toolkit.model.adapter_kinds import adapter_kind
 from toolkit.model.architectures import architecture
 from toolkit.model.regressor import PairRegressor
@@ -64,23 +64,22 @@ class WiseConfig:
     alphas: Alphas = field(default_factory=lambda: [round(0.05 * i, 10) for i in range(21)])
     """α values: START:STOP:STEP (stop included) or a list A,B,C"""
     metric: Metric = "spearman"  # the metric α is chosen by
-    tie: float = 0.001  # metric difference counted as a tie; ties go to the smaller α (0.001 = 0.1 Spearman points)
+    tie: NonNegative = 0.001
+    """metric difference counted as a tie; ties go to the smaller α (0.001 = 0.1 Spearman points)"""
     ensemble: bool = True
     """also report output-space ensembling on the same α grid: (1 - α)·score(θ0) + α·score(θ1) (no extra model)"""
     choose_on: Optional[str] = None
     """name of the set α is chosen on (default: the in-distribution held-out set, --id); e.g. a held-out genre's dev
     split given with --ood NAME=FILE, which the results then mark as used for the choice"""
-    batch_size: int = 128  # pairs per forward pass
+    batch_size: Count = 128  # pairs per forward pass
     progress: bool = True  # progress bar with rate and ETA (--quiet: none)
 
     def validate(self) -> None:
-        check_choices(self)
+        check_options(self)
         if not self.alphas:
             raise ToolkitError("--alphas: no α values")
         if any(not math.isfinite(a) for a in self.alphas):
             raise ToolkitError("--alphas: values must be finite")
-        if self.tie < 0:
-            raise ToolkitError("--tie must be 0 or more")
 
 
 # -- endpoints ---------------------------------------------------------------------------------------

@@ -21,13 +21,19 @@ class Reader(ABC):
     names a recognised layout whose defaults apply (only "stsb" today); ``names`` are the
     columns the file has, or None where each record carries its own (JSONL). A ``splittable``
     reader starts ``raw_chunks`` at any chunk's ``start`` (an earlier read's), so that parts of one
-    file are read by separate tasks.
+    file are read by separate tasks. A reader declares these in its class line, ``class
+    ParquetReader(Reader, loc_kind="row", splittable=True, description="Parquet")``; ``description``
+    may be set again once the file is opened (the layout found).
     """
 
     loc_kind: str = "line"
     splittable: bool = False
     layout: Optional[str] = None
     description: str = ""
+
+    def __init_subclass__(cls, loc_kind: str = "line", splittable: bool = False, description: str = "", **kw):
+        super().__init_subclass__(**kw)
+        cls.loc_kind, cls.splittable, cls.description = loc_kind, splittable, description
 
     def __init__(self, path: Path, options: SourceOptions):
         self.path = path

@@ -32,15 +32,12 @@ def looks_like_stsb(first_line: str) -> bool:
     return len(fields) >= len(STSB_FIELDS) and _is_number(fields[4])
 
 
-class DelimitedReader(Reader):
+class DelimitedReader(Reader, loc_kind="line", splittable=True):
     """Comma- or tab-separated text; the layout is read off the first record.
 
     Lines are decoded with ``surrogateescape`` so that invalid UTF-8 turns up in the values of the
     row that holds it (and is reported there) instead of aborting the whole read.
     """
-
-    loc_kind = "line"
-    splittable = True
 
     def __init__(self, path: Path, options: SourceOptions, fmt: str):
         super().__init__(path, options)

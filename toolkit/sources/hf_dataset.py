@@ -47,10 +47,7 @@ def _data_files(folder: Path) -> list[Path]:
     return files
 
 
-class HFDatasetReader(Reader):
-    loc_kind = "row"
-    description = "Hugging Face datasets folder (save_to_disk)"
-
+class HFDatasetReader(Reader, loc_kind="row", description="Hugging Face datasets folder (save_to_disk)"):
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
         if not path.is_dir():

@@ -30,11 +30,7 @@ def _object(pairs: list[tuple[str, object]]) -> dict:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object)
 
 
-class JsonlReader(Reader):
-    loc_kind = "line"
-    description = "JSON Lines"
-    splittable = True
-
+class JsonlReader(Reader, loc_kind="line", splittable=True, description="JSON Lines"):
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
         sniff_text(path)

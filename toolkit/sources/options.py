@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping, Optional
 
 from toolkit.common.choices import Format, Policy
-from toolkit.common.option_types import SET_BY_COMMAND, ScoreRange
+from toolkit.common.option_types import SET_BY_COMMAND, Count, ScoreRange, check_options
 
 DEFAULT_COLUMNS = {"s1_col": "sentence1", "s2_col": "sentence2", "score_col": "score"}
 
@@ -53,7 +53,10 @@ class SourceOptions:
     score_range: Optional[ScoreRange] = None  # declared score range; rows outside it are bad (STS-B release: 0:5)
     policy: Policy = "fail"
     """bad rows: fail = stop at the first; skip = drop, count and report them (also --skip-bad-rows)"""
-    limit: Optional[int] = None  # read at most this many good rows per file
+    limit: Optional[Count] = None  # read at most this many good rows per file
     need_score: bool = field(default=True, metadata=SET_BY_COMMAND)  # False when only predicting
-    chunk_size: int = field(default=8192, metadata=SET_BY_COMMAND)  # records per read (ScoreConfig.chunk_size)
+    chunk_size: Count = field(default=8192, metadata=SET_BY_COMMAND)  # records per read (ScoreConfig.chunk_size)
     keep_cols: tuple[str, ...] = field(default=(), metadata=SET_BY_COMMAND)  # carried through as text (ScoreConfig)
+
+    def validate(self) -> None:
+        check_options(self)

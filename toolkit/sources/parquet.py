@@ -13,11 +13,7 @@ from toolkit.sources.options import SourceOptions
 from toolkit.sources.records import RawChunk, Split
 
 
-class ParquetReader(Reader):
-    loc_kind = "row"
-    description = "Parquet"
-    splittable = True
-
+class ParquetReader(Reader, loc_kind="row", splittable=True, description="Parquet"):
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
         require_file(path)

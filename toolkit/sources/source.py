@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from toolkit.common.choices import FORMATS, POLICIES
+from toolkit.common.choices import FORMATS
 from toolkit.common.errors import BadInputError, show, show_names, show_path
 from toolkit.sources.base import Reader
 from toolkit.sources.delimited import DelimitedReader
@@ -94,8 +94,7 @@ class PairSource:
 
     def __init__(self, path: str | Path, options: Optional[SourceOptions] = None):
         options = options or SourceOptions()
-        if options.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}")
+        options.validate()
         self.path = Path(path)
         options = dataclasses.replace(options, columns=options.columns.filled()[0])
         self.options = options

@@ -24,9 +24,7 @@ def _said(e: Exception) -> str:
     return first_line(e)
 
 
-class SqliteReader(Reader):
-    loc_kind = "row"
-
+class SqliteReader(Reader, loc_kind="row"):  # its description names the table or the query
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
         require_file(path)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 
-from toolkit.common.choices import RANK_LOSSES, Loss, Metric, check_choices
+from toolkit.common.choices import RANK_LOSSES, Loss, Metric
+from toolkit.common.option_types import Bounds, Count, Positive, Share, check_options
 from toolkit.common.errors import ToolkitError
 from toolkit.model.adapter_kinds import adapter_kind
 from toolkit.model.architectures import architecture
@@ -21,31 +22,32 @@ from toolkit.training.run_data import DataConfig
 class TrainConfig:
     """How to train; saved in the run directory (a rerun with other settings is refused)."""
 
-    epochs: int = 4  # passes over the training file
-    batch_size: int = 16  # pairs per device and step
-    global_batch_size: Optional[int] = None
+    epochs: Count = 4  # passes over the training file
+    batch_size: Count = 16  # pairs per device and step
+    global_batch_size: Optional[Count] = None
     """effective batch; per device = this / (processes x accumulation), which must divide it"""
-    grad_accum: int = 1  # gradient accumulation steps
-    lr: Optional[float] = None  # learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)
+    grad_accum: Count = 1  # gradient accumulation steps
+    lr: Optional[Positive] = None  # learning rate (default: 1e-3 for adapters, 2e-5 for full fine-tuning)
     weight_decay: float = 0.01  # AdamW weight decay (not on biases and norms)
-    warmup_ratio: float = 0.1  # linear warm-up, as a fraction of the optimiser steps
+    warmup_ratio: Share = 0.1  # linear warm-up, as a fraction of the optimiser steps
     max_grad_norm: float = 1.0  # gradient clipping
     seed: int = 42  # weights, shuffling and dropout
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # mixed precision; auto: the accelerate config's, else no
     group_by_length: bool = True  # batches of pairs of similar length (--no-group-by-length: plain shuffled batches)
     patience: int = 2  # early stopping: epochs without a dev improvement; 0 disables
     metric: Metric = "spearman"  # dev metric for model selection
-    eval_batch_size: int = 128  # dev evaluation batch
+    eval_batch_size: Count = 128  # dev evaluation batch
     normalize: Literal["auto", "range", "zscore"] = "auto"  # target scaling (auto: the declared range, else z-score)
     loss: Loss = "mse"
     """mse on the normalised score; bi-encoders also cosent or angle (rank losses: only the order of the scores
     is learnt, so choose by spearman; the cosine is not calibrated to the score scale); cross-encoders also bce
     (on the score scaled to 0..1 by its range; the head then ends in a sigmoid)"""
-    save_steps: int = 0  # also checkpoint every N optimiser steps for --resume (0: at epoch ends only)
+    save_steps: Annotated[int, Bounds(0)] = 0
+    """also checkpoint every N optimiser steps for --resume (0: at epoch ends only)"""
     keep_checkpoint: bool = False  # keep the resumable checkpoint after the run
     head_init: Literal["random", "lp"] = "random"
     """cross-encoders: lp fits the head on frozen pre-trained features first (LP-FT); `toolkit wise` needs it"""
-    log_steps: int = 10  # log the training loss (mean over processes) every N optimiser steps
+    log_steps: Count = 10  # log the training loss (mean over processes) every N optimiser steps
     log_with: Optional[str] = None
     """also log loss, learning rate and dev metrics to an accelerate tracker: tensorboard (event files under
     RUN/trackers/; the 'tracking' extra), wandb, mlflow, ..."""
@@ -54,19 +56,7 @@ class TrainConfig:
         return self.lr if self.lr is not None else adapter_kind(adapter).lr
 
     def validate(self) -> None:
-        check_choices(self)
-        if min(self.epochs, self.batch_size, self.grad_accum, self.eval_batch_size) < 1:
-            raise ToolkitError("--epochs, --batch-size, --grad-accum and --eval-batch-size must be at least 1")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            raise ToolkitError("--global-batch-size must be at least 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ToolkitError("--warmup-ratio must be in [0, 1)")
-        if self.lr is not None and not self.lr > 0:
-            raise ToolkitError("--lr must be positive")
-        if self.save_steps < 0:
-            raise ToolkitError("--save-steps must be 0 or more")
-        if self.log_steps < 1:
-            raise ToolkitError("--log-steps must be at least 1")
+        check_options(self)
         if self.log_with:
             check_tracker(self.log_with)
 

@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import numpy as np
 
 from toolkit.common.config_io import from_dict
 from toolkit.common.errors import ToolkitError, show_path
+from toolkit.common.option_types import Bounds, check_options
 from toolkit.sources import PairChunk, PairSource, SourceOptions, read_pairs
 from toolkit.sources.options import DEFAULT_COLUMNS
 
@@ -34,7 +35,7 @@ class DataConfig:
     source: SourceOptions = field(default_factory=SourceOptions)
     dev_table: Optional[str] = None  # SQLite: table for the dev split (--table applies to --train)
     dev_query: Optional[str] = None  # SQLite: query for the dev split
-    dev_fraction: float = 0.1
+    dev_fraction: Annotated[float, Bounds(0, 1, low_open=True)] = 0.1
     """with no --dev: the share of --train's pairs held out as dev (identical pairs stay on one side)"""
     split_seed: int = 42  # with no --dev: the seed that draws the held-out pairs
 
@@ -49,11 +50,10 @@ class DataConfig:
         return opts
 
     def validate(self) -> None:
+        check_options(self)
         if not self.train:
             raise ToolkitError("name the data: --data FILE (a dev share is held out), --data stsb:FOLDER, or "
                                "--train FILE [--dev FILE]")
-        if not 0 < self.dev_fraction < 1:
-            raise ToolkitError(f"--dev-fraction must be between 0 and 1 (got {self.dev_fraction:g})")
         if self.dev is not None and _same_file(self.train, self.dev) and \
                 (self.dev_table, self.dev_query) in ((None, None), (self.source.table, self.source.query)):
             raise ToolkitError(f"--train and --dev name the same pairs ({show_path(Path(self.dev))}): training would "

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from toolkit.common.atomic_io import write_json
-from toolkit.common.choices import LOSSES, Loss, Pooling
+from toolkit.common.choices import Loss, Pooling
 from toolkit.common.errors import ToolkitError
 from toolkit.common.failpoints import crash_point
+from toolkit.common.option_types import Count, Positive, check_options
 from toolkit.model.adapter_kinds import adapter_kind
 from toolkit.model.architectures import architecture
 from toolkit.model.regressor import ModelConfig
@@ -46,31 +47,25 @@ STUDY, RESULT, PLOT, TRIALS, FINAL = "study.db", "search.json", "search.png", "t
 class SearchConfig:
     """What the search varies (everything else is the model and training options given) and how long."""
 
-    trials: int = 12  # settings to complete, each one training run scored on dev
-    lr_min: float = 1e-4  # learning rate: sampled log-uniformly from lr_min to lr_max
-    lr_max: float = 3e-3  # learning rate: the upper end
-    epoch_choices: tuple[int, ...] = (1, 2, 3, 4)  # epochs tried
-    reduction_factors: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)  # bottleneck adapters: hidden size / width tried
-    lora_ranks: tuple[int, ...] = (4, 8, 16)  # LoRA ranks tried (alpha = rank)
+    trials: Count = 12  # settings to complete, each one training run scored on dev
+    lr_min: Positive = 1e-4  # learning rate: sampled log-uniformly from lr_min to lr_max
+    lr_max: Positive = 3e-3  # learning rate: the upper end
+    epoch_choices: tuple[Count, ...] = (1, 2, 3, 4)  # epochs tried
+    reduction_factors: tuple[Positive, ...] = (4.0, 8.0, 16.0, 32.0)  # bottleneck adapters: hidden size / width tried
+    lora_ranks: tuple[Count, ...] = (4, 8, 16)  # LoRA ranks tried (alpha = rank)
     losses: tuple[Loss, ...] = ()  # losses tried (default: every loss the architecture trains with)
     poolings: tuple[Pooling, ...] = ("cls", "mean")  # cross-encoders: head inputs tried
     seeds: tuple[int, ...] = (1, 2, 3)  # the chosen setting is re-run with each seed, then scored on test
     sampler_seed: int = 0  # TPE's seed (with the count of completed trials: a resumed search asks the same)
 
     def validate(self) -> None:
-        if self.trials < 1:
-            raise ToolkitError("--trials must be at least 1")
-        if not 0 < self.lr_min <= self.lr_max:
-            raise ToolkitError("--lr-min and --lr-max must be positive, lr-min <= lr-max")
-        if not self.epoch_choices or min(self.epoch_choices) < 1:
-            raise ToolkitError("--epoch-choices: one or more epoch counts, each at least 1")
+        check_options(self)
+        if self.lr_min > self.lr_max:
+            raise ToolkitError(f"--lr-min {self.lr_min:g} is above --lr-max {self.lr_max:g}")
+        if not self.epoch_choices:
+            raise ToolkitError("--epoch-choices: one or more epoch counts")
         if not self.seeds:
             raise ToolkitError("--seeds: at least one seed")
-        if any(f <= 0 for f in self.reduction_factors) or any(r < 1 for r in self.lora_ranks):
-            raise ToolkitError("--reduction-factors must be positive and --lora-ranks at least 1")
-        for loss in self.losses:
-            if loss not in LOSSES:
-                raise ToolkitError(f"--losses: {loss!r} is not one of {', '.join(LOSSES)}")
 
     def sizes(self, adapter: str) -> dict[str, tuple]:
         """The adapter's sizes this search varies (those of its kind, where values are given)."""
