@@ -13,19 +13,25 @@ from toolkit.common.errors import ToolkitError, show
 T = TypeVar("T")
 
 
-def _bare(hint: Any) -> Any:
-    """The type under ``Optional``/``Annotated``: what a JSON value has to be turned into."""
+def unwrap(hint: Any) -> tuple[Any, tuple]:
+    """The type under ``Optional``/``Annotated`` (what a value has to be), and the ``Annotated``
+    markers met on the way (a ``Spelling``, ``Bounds``: option_types)."""
+    markers: tuple = ()
     while True:
         origin = typing.get_origin(hint)
         if origin is typing.Annotated:
-            hint = typing.get_args(hint)[0]
+            hint, markers = typing.get_args(hint)[0], markers + typing.get_args(hint)[1:]
         elif origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             if len(args) != 1:
-                return hint
+                return hint, markers
             hint = args[0]
         else:
-            return hint
+            return hint, markers
+
+
+def _bare(hint: Any) -> Any:
+    return unwrap(hint)[0]
 
 
 @functools.cache
@@ -87,12 +93,7 @@ def _spelling(hint: Any) -> Any:
     """The ``Spelling`` (option_types) of a field type, under ``Optional`` too, or None."""
     from toolkit.common.option_types import Spelling
 
-    for part in (hint, *typing.get_args(hint)):
-        if typing.get_origin(part) is typing.Annotated:
-            found = [m for m in typing.get_args(part)[1:] if isinstance(m, Spelling)]
-            if found:
-                return found[0]
-    return None
+    return next((m for m in unwrap(hint)[1] if isinstance(m, Spelling)), None)
 
 
 def type_name(hint: Any) -> str:

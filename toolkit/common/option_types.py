@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from toolkit.common.config_io import field_hints
+from toolkit.common.config_io import field_hints, unwrap
 from toolkit.common.errors import ToolkitError, show
 
 # field metadata of a value the command sets (``need_score``, ...): not an option of any command
@@ -83,18 +82,17 @@ class Bounds:
     """The numbers a numeric option accepts (each element's, for a tuple of numbers)."""
 
     low: float
-    high: Optional[float] = None
+    high: Optional[float] = None  # refused itself: every bounded share stops short of it
     low_open: bool = False  # ``low`` itself refused
-    high_open: bool = True  # ``high`` itself refused
 
     def holds(self, x: float) -> bool:
         above = x > self.low if self.low_open else x >= self.low  # False for NaN, as below
-        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        below = self.high is None or x < self.high
         return above and below
 
     def says(self) -> str:
         if self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
         if self.low_open:
             return "positive" if self.low == 0 else f"more than {self.low:g}"
         return "0 or more" if self.low == 0 else f"at least {self.low:g}"
@@ -104,16 +102,6 @@ Count = Annotated[int, Bounds(1)]
 Positive = Annotated[float, Bounds(0, low_open=True)]
 NonNegative = Annotated[float, Bounds(0)]
 Share = Annotated[float, Bounds(0, 1)]  # a fraction: 0 included, 1 not
-
-
-def _parts(hint: Any) -> tuple[Any, tuple]:
-    """The type under ``Optional`` and ``Annotated``, and the annotation's markers."""
-    others = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(others) == 1:
-        hint = others[0]
-    if typing.get_origin(hint) is Annotated:
-        return typing.get_args(hint)[0], typing.get_args(hint)[1:]
-    return hint, ()
 
 
 def check_options(config: Any) -> None:
@@ -126,11 +114,11 @@ def check_options(config: Any) -> None:
         value = getattr(config, f.name)
         if value is None:
             continue
-        bare, markers = _parts(hints[f.name])
+        bare, markers = unwrap(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         many = typing.get_origin(bare) in (tuple, list) and isinstance(value, (tuple, list))
         if many:
-            bare, inner = _parts(typing.get_args(bare)[0])
+            bare, inner = unwrap(typing.get_args(bare)[0])
             markers, flag = markers + inner, flag + ": each value"
         allowed = typing.get_args(bare) if typing.get_origin(bare) is Literal else None
         for x in value if many else (value,):
