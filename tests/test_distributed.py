@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -38,11 +39,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: str, script: Path, *args: str, extra: tuple[str, ...] = (), timeout: int = 600):
+def launch(config: str, script: Path, *args: str, extra: tuple[str, ...] = (), timeout: int = 600,
+           env: Optional[dict] = None):
     """``accelerate launch`` as a user runs it, from the repository root (the configs' paths are relative)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
            "--main_process_port", str(free_port()), *extra, str(script), *args]
-    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def toolkit_cmd(*args: str) -> list[str]:
@@ -225,13 +227,14 @@ def test_rank_loss_gradient_on_two_processes_is_the_one_process_gradient(tmp_pat
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_two_cpu_processes_saves_a_loadable_adapter(tmp_path, pairs, stage):
-    out = tmp_path / f"zero{stage}"
+    out, ops = tmp_path / f"zero{stage}", tmp_path / "torch_extensions"
     proc = launch(f"ds_zero{stage}.yaml", REPO / "launch" / "train.py",
                   "--train", str(pairs["train"]), "--dev", str(pairs["dev"]), "--out", str(out),
                   "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--metric", "mse", "--patience", "0",
                   "--max-length", "64", "--eval-batch-size", "16",
-                  extra=("--num_processes", "2", "--mixed_precision", "no"))
+                  extra=("--num_processes", "2", "--mixed_precision", "no"), env={"TORCH_EXTENSIONS_DIR": str(ops)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not ops.exists() or not any(ops.iterdir()), "DeepSpeed compiled an op training does not use"
     log = (out / "train.log").read_text()
     assert f"2 processes (deepspeed ZeRO-{stage}), device " in log and ", fp32" in log
     summary = json.loads((out / "metrics.json").read_text())

@@ -97,6 +97,7 @@ def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = 
     if cpu and using_deepspeed():
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
         cpu = False  # accelerate turns DeepSpeed off under cpu=True
+        skip_shm_comm_op()
     accelerator = Accelerator(
         cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers,
         # the batch sampler yields global batches that each process splits: the same examples make
@@ -105,6 +106,17 @@ def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = 
         project_dir=str(project_dir) if log_with else None)
     check_world(accelerator)
     return accelerator
+
+
+def skip_shm_comm_op() -> None:
+    """Keeps DeepSpeed's CPU backend from compiling its shared-memory all-reduce op (C++, about a
+    minute on 2 cores, at the first run on each machine): that op serves only ``inference_all_reduce``
+    (DeepSpeed-Inference's tensor parallelism); training's collectives are torch.distributed's (gloo).
+    DeepSpeed has no switch for it (DS_BUILD_SHM_COMM only pre-builds at install), but falls back to
+    torch.distributed wherever the op is marked incompatible: marked so here."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def check_world(accelerator) -> None:
