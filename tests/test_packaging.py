@@ -114,3 +114,15 @@ def test_the_wheel_installs_toolkit_kernels_and_no_top_level_kernels(tmp_path):
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("toolkit/kernels/")) == kernels
     sources = sorted(p.name for p in (REPO / "toolkit" / "sources").glob("*.py"))
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("toolkit/sources/")) == sources
+
+
+def test_the_model_stack_imports_no_scikit_learn_under_the_toolkit():
+    """transformers imports scikit-learn (installed with sentence-transformers, which imports it
+    itself where it needs it) only for assisted generation; under the toolkit it is left out."""
+    stack = "import adapters, transformers.generation; from adapters import AutoAdapterModel; import sys; "
+    probe = [sys.executable, "-c"]
+    plain = subprocess.run([*probe, stack + "print('sklearn' in sys.modules)"], capture_output=True, text=True)
+    ours = subprocess.run([*probe, "import toolkit; " + stack + "from transformers.utils import is_sklearn_available; "
+                           "print('sklearn' in sys.modules, is_sklearn_available())"], capture_output=True, text=True)
+    assert plain.stdout.split() == ["True"], plain.stderr[-2000:]  # without the toolkit: imported
+    assert ours.stdout.split() == ["False", "False"], ours.stderr[-2000:]

@@ -61,3 +61,34 @@ class _SourceKernels:
 
 if not any(isinstance(f, type) and f.__name__ == "_SourceKernels" for f in sys.meta_path):
     sys.meta_path.append(_SourceKernels)
+
+
+class _TransformersWithoutSklearn:
+    """transformers imports scikit-learn whenever it is installed (sentence-transformers requires it)
+    for one use, tuning assisted generation's confidence threshold, which an encoder never runs: 1.1 s
+    of the ~5 s each command that loads a model spends importing (2-core CPU). transformers has no
+    switch for it: its import utilities are marked, as they load, as finding no scikit-learn."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: "list[str] | None" = None,
+                  target: "types.ModuleType | None" = None) -> "importlib.machinery.ModuleSpec | None":
+        if fullname != "transformers.utils.import_utils":
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            load(module)
+            module._sklearn_available = False
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+if "transformers.utils.import_utils" not in sys.modules and not any(
+        isinstance(f, type) and f.__name__ == "_TransformersWithoutSklearn" for f in sys.meta_path):
+    sys.meta_path.insert(0, _TransformersWithoutSklearn)
