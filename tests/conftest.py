@@ -4,9 +4,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -98,13 +100,31 @@ def dict_rows(split: str, n: int) -> list[dict]:
     return [{"sentence1": r[5], "sentence2": r[6], "score": float(r[4]), "genre": r[0]} for r in stsb_rows(split, n)]
 
 
+def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder made once per test session by whichever pytest-xdist worker asks first; the others
+    wait for it and use the same one (the session's fixtures, not one copy per worker)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_stsb(tmp_path_factory, stsb_dir) -> dict[str, Path]:
     """Train/dev slices in the release layout, small enough for quick training tests."""
-    root = tmp_path_factory.mktemp("stsb_small")
-    return {"train": write_stsb_slice(root / "train.csv", "train", 240),
-            "dev": write_stsb_slice(root / "dev.csv", "dev", 120),
-            "test": write_stsb_slice(root / "test.csv", "test", 80)}
+    sizes = {"train": 240, "dev": 120, "test": 80}
+    root = shared_folder(tmp_path_factory, "stsb_small", lambda folder: [
+        write_stsb_slice(folder / f"{split}.csv", split, n) for split, n in sizes.items()])
+    return {split: root / f"{split}.csv" for split in sizes}
 
 
 @pytest.fixture(scope="session")
@@ -118,11 +138,14 @@ def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     from toolkit.training.loop import train
     from toolkit.training.run_data import DataConfig
 
-    root = tmp_path_factory.mktemp("small_models")
-    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
-    train(root / "run", data, ModelConfig(max_length=48), TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=0))
-    export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
-                say=lambda line: None)
+    def build(root: Path) -> None:
+        data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=48))
+        train(root / "run", data, ModelConfig(max_length=48),
+              TrainConfig(epochs=1, batch_size=8, lr=5e-3, patience=0))
+        export_onnx(root / "run", root / "bundle", ExportConfig(verify_data=str(small_stsb["dev"]), threads=2),
+                    say=lambda line: None)
+
+    root = shared_folder(tmp_path_factory, "small_models", build)
     return {"run": root / "run", "bundle": root / "bundle"}
 
 
