@@ -208,10 +208,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True)
 
 
-def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
+def _main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``toolkit ARGS`` through the CLI's own entry point, in this process (the model stack is imported)."""
+    from toolkit.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["toolkit", *args], code, out, err)
+
+
+def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev, capsys):
     out = tmp_path / "chosen"
-    r = _cli("wise", str(runs["cross-lora"]), "--id", f"dev={small_stsb['dev']}", "--ood",
-             f"shift={small_stsb['test']}", "--alphas", "0:1:0.5", "--choose", "--out", str(out), "--quiet")
+    r = _main(capsys, "wise", str(runs["cross-lora"]), "--id", f"dev={small_stsb['dev']}", "--ood",
+              f"shift={small_stsb['test']}", "--alphas", "0:1:0.5", "--choose", "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     want = [(m, a, s) for m in ("weights", "outputs") for a in (0.0, 0.5, 1.0) for s in ("dev", "shift")]
@@ -227,18 +237,18 @@ def test_cli_sweep_choose_then_merge_and_score(tmp_path, runs, small_stsb, dev):
     want = source.predictor().predict(dev.s1, dev.s2)
     np.testing.assert_allclose(load_run(out, fused_kernel="off").predictor().predict(dev.s1, dev.s2), want, atol=1e-5)
 
-    r = _cli("merge", str(out), "--out", str(tmp_path / "merged"))
+    r = _main(capsys, "merge", str(out), "--out", str(tmp_path / "merged"))
     assert r.returncode == 0, r.stderr
     scores = tmp_path / "scores.jsonl"
     r = _cli("score", str(out), str(small_stsb["dev"]), "-o", str(scores), "--limit", "40", "--quiet")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr  # a process of its own: the chosen run loads from its folder alone
     got = [json.loads(line)["score"] for line in scores.read_text().splitlines()]
     np.testing.assert_allclose(got, want, atol=1e-4)
 
-    r = _cli("wise", str(runs["bi-seq_bn"]), "--choose-on", "elsewhere", "--out", str(tmp_path / "x"))
+    r = _main(capsys, "wise", str(runs["bi-seq_bn"]), "--choose-on", "elsewhere", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "--choose-on elsewhere: no such evaluation set" in r.stderr
-    r = _cli("wise", str(runs["bi-seq_bn"]), "--start", str(runs["bi-ia3"]), "--out", str(tmp_path / "x"))
+    r = _main(capsys, "wise", str(runs["bi-seq_bn"]), "--start", str(runs["bi-ia3"]), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different adapter" in r.stderr
 
 
