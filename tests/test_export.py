@@ -217,6 +217,37 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
     assert any(line.startswith("fused attention: ONNX Runtime fused 0 of 6 layers' attention") for line in lines)
 
 
+def test_a_model_exported_again_reuses_its_graph_and_a_changed_model_gets_its_own(tmp_path, runs, small_stsb,
+                                                                                    dev, monkeypatch):
+    """The second export of the same weights in a process does not run torch's exporter; one weight
+    changed and it does, and the bundle follows the changed model (PyTorch), not the cached graph."""
+    from safetensors.numpy import load_file, save_file
+
+    _export(runs["bi-seq_bn"], tmp_path / "first", small_stsb)
+
+    def no_exporter(*args, **kwargs):
+        raise AssertionError("torch.onnx.export ran for a model exported before")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.onnx, "export", no_exporter)
+        _export(runs["bi-seq_bn"], tmp_path / "again", small_stsb)
+        assert (tmp_path / "again" / "model.onnx").read_bytes() == (tmp_path / "first" / "model.onnx").read_bytes()
+        changed = tmp_path / "changed"
+        shutil.copytree(runs["bi-seq_bn"], changed)
+        weights = changed / "adapter" / "adapter.safetensors"
+        tensors = load_file(weights)
+        up = next(k for k in sorted(tensors) if "adapter_up" in k and k.endswith("weight"))
+        tensors[up] = tensors[up] + np.random.default_rng(0).normal(0, 0.05, tensors[up].shape).astype(np.float32)
+        save_file(tensors, weights)
+        with pytest.raises(AssertionError, match="torch.onnx.export ran"):
+            _export(changed, tmp_path / "changed-bundle", small_stsb)
+    _export(changed, tmp_path / "changed-bundle", small_stsb)
+    reference = load_run(changed, fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
+    got = Bundle.load(tmp_path / "changed-bundle", threads=2).predict(dev.s1, dev.s2)
+    before = Bundle.load(tmp_path / "first", threads=2).predict(dev.s1, dev.s2)
+    assert np.max(np.abs(got - reference)) <= 1e-4 < np.max(np.abs(got - before))
+
+
 def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):
     with pytest.raises(ToolkitError, match=r"export refused: ONNX Runtime differs from PyTorch .* \(limit 1e-12\)"):
         _export(runs["bi-seq_bn"], tmp_path / "b", small_stsb, max_abs_diff=1e-12)

@@ -30,6 +30,7 @@ from torch import nn
 
 from toolkit import __version__
 from toolkit.artifacts.export_gate import GateRefused, gate, gate_pairs, verdict, verify_pairs
+from toolkit.artifacts.graph_cache import exported, graph_key
 from toolkit.artifacts.merge import is_merged, load_merged_run
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.choices import Attention, Provider
@@ -190,8 +191,11 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, say=print) -> Gra
     attention = cfg.attention_for(source.arch)
     for exporter in (("torchscript", "dynamo") if attention == "fused" else ("dynamo",)):
         raw = work / f"{exporter}.onnx"
+        settings = {"exporter": exporter, "opset": cfg.opset, "torch": torch.__version__,
+                    "model": source.config.get("model")}
         try:
-            inputs = export_graph(source, raw, cfg.opset, exporter)
+            inputs = exported(graph_key(source.graph, settings), raw,
+                              lambda: export_graph(source, raw, cfg.opset, exporter))
         except Exception as e:  # torch raises many types; the dynamo exporter below is the fallback
             if exporter == "dynamo":
                 raise
