@@ -31,8 +31,9 @@ STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
 
 # The longest modules first (measured: benchmarks/RESULTS.md, "The test suite's time"), the rest in their
 # own order. pytest-xdist's --dist loadfile hands a worker the next module once its current one has two
-# tests left, in this order: the modules that are one long test (the base install's main job, the README's
-# Python block, the GPU suite's smoke run) go early, so that no core waits at the end for one started late.
+# tests left, in this order (pyproject.toml's --no-loadscope-reorder: by default it sorts modules by their
+# number of tests, which put the one-test modules last): the modules that are one long test (the base
+# install's main job, the README's Python block) go early, so that no core waits at the end for one.
 LONGEST_FIRST = ("test_base_install", "test_distributed", "test_wise", "test_api", "test_export",
                  "test_score_ray_cluster", "test_gpu_suite", "test_score", "test_own_data", "test_cli", "test_train",
                  "test_score_ray", "test_kernels", "test_search", "test_fuzz_sources", "test_packaging",

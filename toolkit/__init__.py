@@ -66,7 +66,7 @@ if not any(isinstance(f, type) and f.__name__ == "_SourceKernels" for f in sys.m
 class _TransformersWithoutSklearn:
     """transformers imports scikit-learn whenever it is installed (sentence-transformers requires it)
     for one use, tuning assisted generation's confidence threshold, which an encoder never runs: 1.1 s
-    of the ~5 s each command that loads a model spends importing (2-core CPU). transformers has no
+    of the ~6 s each command that loads a model spends importing (2-core CPU). transformers has no
     switch for it: its import utilities are marked, as they load, as finding no scikit-learn."""
 
     @staticmethod

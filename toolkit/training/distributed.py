@@ -109,8 +109,8 @@ def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = 
 
 
 def skip_shm_comm_op() -> None:
-    """Keeps DeepSpeed's CPU backend from compiling its shared-memory all-reduce op (C++, about a
-    minute on 2 cores, at the first run on each machine): that op serves only ``inference_all_reduce``
+    """Keeps DeepSpeed's CPU backend from compiling its shared-memory all-reduce op (C++, 25 s on an
+    idle 2-core CPU, at the first run on each machine): that op serves only ``inference_all_reduce``
     (DeepSpeed-Inference's tensor parallelism); training's collectives are torch.distributed's (gloo).
     DeepSpeed has no switch for it (DS_BUILD_SHM_COMM only pre-builds at install), but falls back to
     torch.distributed wherever the op is marked incompatible: marked so here."""
