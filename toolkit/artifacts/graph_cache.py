@@ -1,11 +1,12 @@
 """What torch's ONNX exporter wrote for a model, kept in memory for the next variant of the same model.
 
 The export (dynamo: tracing, decompositions, translation) takes ~9 s of the ~20 s `toolkit export`
-spends on a MiniLM run on a 2-core CPU, and its result depends only on the model and the export settings, not on the variant
-made from it afterwards (fp32, fp16, int8) or on the gate. A process that exports one model several
-times (fp32 and then int8 from Python, a refused int8 export tried again) exports it once. Keyed by
-the bytes of every weight, so a changed model is never served an old graph; the gate still checks
-every bundle against PyTorch. Torch has no such cache for torch.onnx.export.
+spends on a MiniLM run on a 2-core CPU, and its result depends only on the model and the export
+settings, not on the variant made from it afterwards (fp32, fp16, int8) or on the gate. A process
+that exports one model several times (fp32 and then int8 from Python, a refused int8 export tried
+again) exports it once. Keyed by the bytes of every weight, so a changed model is never served an
+old graph; the gate still checks every bundle against PyTorch. Torch has no such cache for
+torch.onnx.export.
 """
 from __future__ import annotations
 
