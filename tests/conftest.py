@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -102,6 +103,20 @@ def write_pairs(path: Path, rows: list[dict]) -> Path:
 
 def dict_rows(split: str, n: int) -> list[dict]:
     return [{"sentence1": r[5], "sentence2": r[6], "score": float(r[4]), "genre": r[0]} for r in stsb_rows(split, n)]
+
+
+def cli_here(capsys, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """``toolkit ARGS`` through the CLI's own entry point, in this process: its exit code and console
+    output, as a process of its own gives them, without the ~5 s each such process spends importing
+    the model stack. Tests of start-up itself (library warnings, a blocked import, a kill) start one."""
+    from toolkit.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    if check and code != 0:
+        raise AssertionError(f"toolkit {' '.join(map(str, args))} exited {code}:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(["toolkit", *map(str, args)], code, out, err)
 
 
 def shared_folder(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:

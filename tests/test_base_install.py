@@ -19,12 +19,15 @@ OPTIONAL = ("deepspeed", "ray", "triton", "optimum", "hypothesis", "pytest")
 
 
 def test_main_job_runs_with_the_base_install_alone(tmp_path):
-    env = {**os.environ, "VENV": str(VENV), "BASE": "1", "SMOKE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "VENV": str(VENV), "BASE": "1", "SMOKE": "1", "HF_HUB_OFFLINE": "1",
+           "TOOLKIT_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TRITON_INTERPRET", None)
     run = tmp_path / "run"
     proc = subprocess.run(["bash", "launch/stsb.sh", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    # the int8 export (a process of its own) reuses torch's export of the fp32 one, of the same run
+    assert (proc.stdout + proc.stderr).count("torch's export of this model reused from") == 1
     found = subprocess.run([str(VENV / "bin" / "python"), "-c", "import importlib.util as u, json; print(json.dumps("
                             f"[m for m in {OPTIONAL!r} if u.find_spec(m)]))"], capture_output=True, text=True)
     assert json.loads(found.stdout) == [], "the base environment holds an optional extra"

@@ -1,4 +1,5 @@
-"""Every command end to end through the real console script, and clean one-line errors."""
+"""Every command end to end through the CLI's entry point (in processes of their own where start-up is
+what is checked: training's console, the one-line errors), and clean one-line errors."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_here
 
 TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
 
@@ -58,7 +60,9 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, expected):
     assert "Traceback" not in proc.stderr
 
 
-def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb):
+def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb, capsys):
+    """train in a process of its own (its console as a user sees it: no library's start-up warnings), then
+    eval and predict on the run through the same entry point in this process."""
     run = tmp_path / "run"
     proc = toolkit("train", "--data", f"stsb:{stsb_dir}", "--limit", "120", "--epochs", "1", "--max-length", "64",
                    "--out", run)
@@ -67,8 +71,8 @@ def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb):
     assert "WARNING" not in proc.stderr, proc.stderr[:2000]
     for name in ("config.json", "metrics.json", "train.log", "train_log.jsonl", "adapter/adapter.safetensors"):
         assert (run / name).is_file(), name
-    proc = toolkit("eval", run, "--data", small_stsb["test"], "--json", tmp_path / "m.json",
-                   "--plot", tmp_path / "m.png")
+    proc = cli_here(capsys, "eval", run, "--data", small_stsb["test"], "--json", tmp_path / "m.json",
+                    "--plot", tmp_path / "m.png")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert {"n", "mse", "rmse", "mae", "pearson", "spearman"} <= set(metrics)
     assert metrics["n"] == 80 and 0 < metrics["spearman"] <= 1 and set(metrics["groups"]) == {"main-captions"}
@@ -78,11 +82,11 @@ def test_train_eval_predict_end_to_end(tmp_path, stsb_dir, small_stsb):
     lines = small_stsb["test"].read_text().splitlines()[:30]
     broken = ["main-news\tf\t2012\t1\t2.0\t\tempty first", "only\ttwo"]
     bad.write_text("\n".join(lines[:10] + broken + lines[10:]) + "\n")
-    proc = toolkit("eval", run, "--data", bad, "--skip-bad-rows", "--json", tmp_path / "skip.json")
+    proc = cli_here(capsys, "eval", run, "--data", bad, "--skip-bad-rows", "--json", tmp_path / "skip.json")
     assert f"{bad}: skipped 2 bad rows of 32, kept 30; first: {bad}:11: empty sentence1" in proc.stderr
     assert json.loads((tmp_path / "skip.json").read_text())["n"] == 30
-    score = float(toolkit("predict", run, "A plane is taking off.", "An air plane is taking off.").stdout)
-    low = float(toolkit("predict", run, "A plane is taking off.", "A woman is slicing an onion.").stdout)
+    score = float(cli_here(capsys, "predict", run, "A plane is taking off.", "An air plane is taking off.").stdout)
+    low = float(cli_here(capsys, "predict", run, "A plane is taking off.", "A woman is slicing an onion.").stdout)
     assert 3.5 < score <= 5.5 and low < score
 
 

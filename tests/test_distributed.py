@@ -259,9 +259,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     args = ["--data", "own.csv", "--s1-col", "a", "--s2-col", "b", "--score-col", "sim", "--score-range", "0:5",
             "--dev-fraction", "0.2", "--epochs", "2", "--batch-size", "8", "--max-length", "64", "--patience", "0",
             "--save-steps", "3"]
-    ref = subprocess.run(toolkit_cmd("train", *args, "--out", "ref"), env=ENV, capture_output=True,
-                         text=True, timeout=600, cwd=tmp_path)
+    ref = subprocess.run([sys.executable, "-X", "importtime", *toolkit_cmd("train", *args, "--out", "ref")[1:]],
+                         env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in ref.stderr.splitlines() if line.startswith("import time:")}
+    assert "accelerate" in imported and "deepspeed" not in imported  # installed here, but this run does not use it
     assert json.loads((tmp_path / "ref" / "config.json").read_text())["resolved"]["train_rows"] == 96
 
     run = tmp_path / "killed"

@@ -219,19 +219,35 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
 
 def test_a_model_exported_again_reuses_its_graph_and_a_changed_model_gets_its_own(tmp_path, runs, small_stsb,
                                                                                     dev, monkeypatch):
-    """The second export of the same weights in a process does not run torch's exporter; one weight
-    changed and it does, and the bundle follows the changed model (PyTorch), not the cached graph."""
+    """A later export of the same weights does not run torch's exporter (the graph is kept in the cache
+    folder; another process reusing it: the base-install main job); a damaged entry is not trusted; one
+    weight changed and the model is exported anew, and the bundle follows it (PyTorch), not the kept graph;
+    past the budget only the entry used last stays."""
     from safetensors.numpy import load_file, save_file
 
-    _export(runs["bi-seq_bn"], tmp_path / "first", small_stsb)
+    from toolkit.artifacts import graph_cache
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))  # empty: this test's own
+    lines: list[str] = []
+    _export(runs["bi-seq_bn"], tmp_path / "first", small_stsb, say=lines.append)
+    assert not any("reused" in line for line in lines)
+    (entry,) = graph_cache.graphs_dir().glob("*.onnx")
 
     def no_exporter(*args, **kwargs):
         raise AssertionError("torch.onnx.export ran for a model exported before")
 
     with monkeypatch.context() as patched:
         patched.setattr(torch.onnx, "export", no_exporter)
-        _export(runs["bi-seq_bn"], tmp_path / "again", small_stsb)
+        lines.clear()
+        _export(runs["bi-seq_bn"], tmp_path / "again", small_stsb, say=lines.append)
         assert (tmp_path / "again" / "model.onnx").read_bytes() == (tmp_path / "first" / "model.onnx").read_bytes()
+        assert any(line.startswith("optimised: fused ") and line.endswith(
+            f"(torch's export of this model reused from {tmp_path / 'cache' / 'onnx-graphs'})") for line in lines)
+        damaged = bytearray(entry.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        entry.write_bytes(bytes(damaged))
+        with pytest.raises(AssertionError, match="torch.onnx.export ran"):
+            _export(runs["bi-seq_bn"], tmp_path / "from-damaged", small_stsb)
         changed = tmp_path / "changed"
         shutil.copytree(runs["bi-seq_bn"], changed)
         weights = changed / "adapter" / "adapter.safetensors"
@@ -241,7 +257,10 @@ def test_a_model_exported_again_reuses_its_graph_and_a_changed_model_gets_its_ow
         save_file(tensors, weights)
         with pytest.raises(AssertionError, match="torch.onnx.export ran"):
             _export(changed, tmp_path / "changed-bundle", small_stsb)
+    monkeypatch.setattr(graph_cache, "BUDGET", 1)
     _export(changed, tmp_path / "changed-bundle", small_stsb)
+    assert sorted(p.suffix for p in graph_cache.graphs_dir().iterdir()) == [".json", ".onnx"]  # the newest only
+    assert not entry.exists()
     reference = load_run(changed, fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
     got = Bundle.load(tmp_path / "changed-bundle", threads=2).predict(dev.s1, dev.s2)
     before = Bundle.load(tmp_path / "first", threads=2).predict(dev.s1, dev.s2)

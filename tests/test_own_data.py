@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stsb_rows, write_pairs
+from conftest import cli_here, stsb_rows, write_pairs
 from scipy.stats import spearmanr
 
 from toolkit.cli import main
@@ -38,11 +38,9 @@ def read_back(path: Path) -> list[dict]:
 
 
 def run_cli(capsys, *args) -> tuple[str, str]:
-    """``toolkit ARGS`` through the CLI's own entry point; it must exit 0."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert code == 0, f"toolkit {' '.join(map(str, args))} exited {code}:\n{err[-3000:]}"
-    return out, err
+    """``toolkit ARGS`` in this process; it must exit 0."""
+    done = cli_here(capsys, *args)
+    return done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

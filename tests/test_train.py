@@ -23,7 +23,7 @@ def run_train(out, small_stsb, limit=None, **kw):
 
 @pytest.mark.parametrize("arch", ["cross", "bi"])
 def test_short_training_lowers_dev_mse(tmp_path, small_stsb, arch):
-    result = run_train(tmp_path / arch, small_stsb, arch=arch, epochs=2, patience=0, metric="mse",
+    result = run_train(tmp_path / arch, small_stsb, limit=64, arch=arch, epochs=2, patience=0, metric="mse",
                        lr=2e-3 if arch == "cross" else 1e-3)
     history = result.summary["history"]
     before, after = history[0]["dev"]["mse"], min(h["dev"]["mse"] for h in history[1:])
@@ -42,9 +42,9 @@ def test_same_seed_same_result_other_seed_differs(tmp_path, small_stsb):
 
 def test_saved_run_reproduces_its_dev_predictions(tmp_path, small_stsb):
     out = tmp_path / "run"
-    result = run_train(out, small_stsb, arch="cross", adapter="lora", epochs=2, lr=2e-3)
+    result = run_train(out, small_stsb, limit=64, arch="cross", adapter="lora", epochs=2, lr=2e-3)
     run = load_run(out)
-    dev, _ = read_pairs(small_stsb["dev"])
+    dev, _ = read_pairs(small_stsb["dev"], SourceOptions(limit=64))
     np.testing.assert_array_equal(run.predictor().predict(dev.s1, dev.s2), result.dev_predictions)
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["adapter"] == "lora" and config["base_model"]["name"] == "all-MiniLM-L6-v2"

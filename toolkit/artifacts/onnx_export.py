@@ -30,7 +30,7 @@ from torch import nn
 
 from toolkit import __version__
 from toolkit.artifacts.export_gate import GateRefused, gate, gate_pairs, verdict, verify_pairs
-from toolkit.artifacts.graph_cache import exported, graph_key
+from toolkit.artifacts.graph_cache import exported, graph_key, graphs_dir
 from toolkit.artifacts.merge import is_merged, load_merged_run
 from toolkit.common.atomic_io import atomic_dir, read_json, refuse_existing, write_json
 from toolkit.common.choices import Attention, Provider
@@ -179,6 +179,7 @@ class Graph:
     attention: str  # "fused" or "plain"
     exporter: str
     fused: dict[str, int]
+    reused: bool = False  # torch's export kept from an earlier export of the same model (graph_cache)
 
 
 def build_graph(source: Source, work: Path, cfg: ExportConfig, say=print) -> Graph:
@@ -194,8 +195,8 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, say=print) -> Gra
         settings = {"exporter": exporter, "opset": cfg.opset, "torch": torch.__version__,
                     "model": source.config.get("model")}
         try:
-            inputs = exported(graph_key(source.graph, settings), raw,
-                              lambda: export_graph(source, raw, cfg.opset, exporter))
+            inputs, reused = exported(graph_key(source.graph, settings), raw,
+                                      lambda: export_graph(source, raw, cfg.opset, exporter))
         except Exception as e:  # torch raises many types; the dynamo exporter below is the fallback
             if exporter == "dynamo":
                 raise
@@ -205,9 +206,9 @@ def build_graph(source: Source, work: Path, cfg: ExportConfig, say=print) -> Gra
                                    hidden_size=hf.hidden_size, opt_level=1)
         fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
         if exporter == "dynamo":
-            return Graph(optimized, inputs, "plain", exporter, fused)
+            return Graph(optimized, inputs, "plain", exporter, fused, reused)
         if fused.get("Attention", 0) == hf.num_hidden_layers:
-            return Graph(optimized, inputs, "fused", exporter, fused)
+            return Graph(optimized, inputs, "fused", exporter, fused, reused)
         say(f"fused attention: ONNX Runtime fused {fused.get('Attention', 0)} of {hf.num_hidden_layers} layers' "
             "attention in this model; exporting plain ops")
     raise AssertionError("unreachable: the dynamo export returns or raises")
@@ -289,7 +290,8 @@ def export_onnx(source_dir: str | Path, out: str | Path, cfg: ExportConfig, over
             f"({cfg.variant}) ...")
         graph = build_graph(source, Path(work), cfg, say)
         _write_variant(graph, tmp / MODEL, cfg, say)
-        say("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(graph.fused.items())))
+        say("optimised: fused " + ", ".join(f"{k} {v}" for k, v in sorted(graph.fused.items()))
+            + (f" (torch's export of this model reused from {graphs_dir()})" if graph.reused else ""))
         source.tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER))
         metadata = _metadata(source, cfg, graph, tmp)
 

@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,10 +27,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from toolkit.common.cache_dir import cache_dir
 from toolkit.common.errors import ToolkitError
 
 GATE = "gate.json"
-CACHE_ENV = "TOOLKIT_CACHE_DIR"
 DEFAULT_LIMIT = 0.3  # Spearman points a candidate may lose against PyTorch where the bundle records none
 # Another engine serves in ONNX Runtime's place only when at least this much faster: where two are within
 # noise of each other (OpenVINO f32 and ONNX Runtime fp32 on AVX2 CPUs, 1.0-1.1x) a choice by the faster
@@ -82,9 +81,7 @@ def candidates(variant: str, runtime: str, on_cuda: bool) -> tuple[list[Candidat
 
 
 def cache_path() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                     os.path.expanduser("~/.cache"), "toolkit")
-    return Path(root) / "runtimes.json"
+    return cache_dir() / "runtimes.json"
 
 
 def machine_key(metadata: dict, threads: Optional[int], batch_size: int, variant: str, runtime: str) -> str:

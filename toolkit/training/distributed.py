@@ -152,6 +152,15 @@ def zero_stage(accelerator) -> int:
     return int(plugin.zero_stage) if plugin is not None else 0
 
 
+def unwrap(accelerator, prepared: torch.nn.Module) -> torch.nn.Module:
+    """The model that ``accelerator.prepare`` wrapped (for DDP, its ``module``). accelerate's own
+    ``unwrap_model`` imports DeepSpeed (0.5 s of every run's start) to test for its engine wherever it is
+    installed: asked only when DeepSpeed runs."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        return accelerator.unwrap_model(prepared)
+    return prepared.module if isinstance(prepared, torch.nn.parallel.DistributedDataParallel) else prepared
+
+
 def gathered(accelerator, params):
     """Full values of ZeRO-3-partitioned ``params`` inside the block (on every process); a no-op otherwise.
     Every process must enter it."""

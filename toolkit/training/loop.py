@@ -38,6 +38,7 @@ from toolkit.training.distributed import (
     gathered,
     make_accelerator,
     resolve_precision,
+    unwrap,
     world,
     zero_stage,
 )
@@ -149,7 +150,7 @@ def _set_up(out: Path, data: DataConfig, model_cfg: ModelConfig, cfg: TrainConfi
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=tokens.collate)
     optimizer, scheduler, steps_per_epoch = make_optimiser(model, model_cfg, cfg, accelerator, per_device, len(loader))
     prepared, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    unwrapped = accelerator.unwrap_model(prepared)
+    unwrapped = unwrap(accelerator, prepared)
     log.say(f"model {base['name']} arch={model_cfg.arch} adapter={model_cfg.adapter}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({counts['percent']:.2f}%)")
     log.say(f"data {read.describe()}; labels {labels.kind} "
