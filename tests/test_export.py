@@ -218,53 +218,81 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
 
 
 def test_a_model_exported_again_reuses_its_graph_and_a_changed_model_gets_its_own(tmp_path, runs, small_stsb,
-                                                                                    dev, monkeypatch):
+                                                                                    dev, bundle_dir, monkeypatch):
     """A later export of the same weights does not run torch's exporter (the graph is kept in the cache
-    folder; another process reusing it: the base-install main job); a damaged entry is not trusted; one
-    weight changed and the model is exported anew, and the bundle follows it (PyTorch), not the kept graph;
-    past the budget only the entry used last stays."""
+    folder; by another process: the base-install main job's int8 export), and the bundle follows the
+    model (PyTorch), not a graph kept for other weights: one adapter weight changed, each gets its own."""
     from safetensors.numpy import load_file, save_file
 
-    from toolkit.artifacts import graph_cache
-
     monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))  # empty: this test's own
+    changed = tmp_path / "changed"
+    shutil.copytree(runs["bi-seq_bn"], changed)
+    weights = changed / "adapter" / "adapter.safetensors"
+    tensors = load_file(weights)
+    up = next(k for k in sorted(tensors) if "adapter_up" in k and k.endswith("weight"))
+    tensors[up] = tensors[up] + np.random.default_rng(0).normal(0, 0.05, tensors[up].shape).astype(np.float32)
+    save_file(tensors, weights)
     lines: list[str] = []
-    _export(runs["bi-seq_bn"], tmp_path / "first", small_stsb, say=lines.append)
+    _export(changed, tmp_path / "first", small_stsb, say=lines.append)
     assert not any("reused" in line for line in lines)
-    (entry,) = graph_cache.graphs_dir().glob("*.onnx")
 
     def no_exporter(*args, **kwargs):
-        raise AssertionError("torch.onnx.export ran for a model exported before")
+        raise AssertionError("torch.onnx.export ran")
 
-    with monkeypatch.context() as patched:
-        patched.setattr(torch.onnx, "export", no_exporter)
-        lines.clear()
-        _export(runs["bi-seq_bn"], tmp_path / "again", small_stsb, say=lines.append)
-        assert (tmp_path / "again" / "model.onnx").read_bytes() == (tmp_path / "first" / "model.onnx").read_bytes()
-        assert any(line.startswith("optimised: fused ") and line.endswith(
-            f"(torch's export of this model reused from {tmp_path / 'cache' / 'onnx-graphs'})") for line in lines)
-        damaged = bytearray(entry.read_bytes())
-        damaged[len(damaged) // 2] ^= 0xFF
-        entry.write_bytes(bytes(damaged))
-        with pytest.raises(AssertionError, match="torch.onnx.export ran"):
-            _export(runs["bi-seq_bn"], tmp_path / "from-damaged", small_stsb)
-        changed = tmp_path / "changed"
-        shutil.copytree(runs["bi-seq_bn"], changed)
-        weights = changed / "adapter" / "adapter.safetensors"
-        tensors = load_file(weights)
-        up = next(k for k in sorted(tensors) if "adapter_up" in k and k.endswith("weight"))
-        tensors[up] = tensors[up] + np.random.default_rng(0).normal(0, 0.05, tensors[up].shape).astype(np.float32)
-        save_file(tensors, weights)
-        with pytest.raises(AssertionError, match="torch.onnx.export ran"):
-            _export(changed, tmp_path / "changed-bundle", small_stsb)
-    monkeypatch.setattr(graph_cache, "BUDGET", 1)
-    _export(changed, tmp_path / "changed-bundle", small_stsb)
-    assert sorted(p.suffix for p in graph_cache.graphs_dir().iterdir()) == [".json", ".onnx"]  # the newest only
-    assert not entry.exists()
+    monkeypatch.setattr(torch.onnx, "export", no_exporter)
+    lines.clear()
+    _export(changed, tmp_path / "again", small_stsb, say=lines.append)
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == (tmp_path / "first" / "model.onnx").read_bytes()
+    assert any(line.startswith("optimised: fused ") and line.endswith(
+        f"(torch's export of this model reused from {tmp_path / 'cache' / 'onnx-graphs'})") for line in lines)
+    with pytest.raises(AssertionError, match="torch.onnx.export ran"):  # the run it was changed from: not kept
+        _export(runs["bi-seq_bn"], tmp_path / "unchanged", small_stsb)
     reference = load_run(changed, fused_kernel="off").predictor(device="cpu").predict(dev.s1, dev.s2)
-    got = Bundle.load(tmp_path / "changed-bundle", threads=2).predict(dev.s1, dev.s2)
-    before = Bundle.load(tmp_path / "first", threads=2).predict(dev.s1, dev.s2)
-    assert np.max(np.abs(got - reference)) <= 1e-4 < np.max(np.abs(got - before))
+    got = Bundle.load(tmp_path / "again", threads=2).predict(dev.s1, dev.s2)
+    unchanged = Bundle.load(bundle_dir, threads=2).predict(dev.s1, dev.s2)  # the run's own bundle
+    assert np.max(np.abs(got - reference)) <= 1e-4 < np.max(np.abs(got - unchanged))
+
+
+def test_graph_cache_distrusts_damage_keeps_the_newest_within_budget_and_never_fails_an_export(tmp_path,
+                                                                                                monkeypatch):
+    """The cache's own rules, with a stand-in for torch's exporter (which writes a graph and names its
+    inputs): a damaged entry is exported again; past the budget the entries used last stay; a cache
+    folder that cannot be written leaves the export as it would be without it."""
+    from toolkit.artifacts import graph_cache
+
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list[str] = []
+
+    def export_as(key: str, size: int):
+        def export() -> list[str]:
+            calls.append(key)
+            (tmp_path / "work" / "raw.onnx").write_bytes(key.encode() * size)
+            return ["input_ids", "attention_mask"]
+        return export
+
+    (tmp_path / "work").mkdir()
+    raw = tmp_path / "work" / "raw.onnx"
+    assert graph_cache.exported("a", raw, export_as("a", 100)) == (["input_ids", "attention_mask"], False)
+    assert graph_cache.exported("a", raw, export_as("a", 100)) == (["input_ids", "attention_mask"], True)
+    assert calls == ["a"] and raw.read_bytes() == b"a" * 100
+    entry = graph_cache.graphs_dir() / "a.onnx"
+    entry.write_bytes(b"a" * 99 + b"b")  # damaged (or half replaced): its sha256 no longer matches
+    assert graph_cache.exported("a", raw, export_as("a", 100))[1] is False and calls == ["a", "a"]
+    assert graph_cache.exported("a", raw, export_as("a", 100))[1] is True  # kept again, whole
+
+    monkeypatch.setattr(graph_cache, "BUDGET", 250)
+    for key in ("b", "c"):
+        graph_cache.exported(key, raw, export_as(key, 100))
+    assert sorted(p.name for p in graph_cache.graphs_dir().glob("*.onnx")) == ["b.onnx", "c.onnx"]  # a: oldest
+    graph_cache.exported("b", raw, export_as("b", 100))  # used: now newer than c
+    graph_cache.exported("d", raw, export_as("d", 100))
+    assert sorted(p.name for p in graph_cache.graphs_dir().glob("*.onnx")) == ["b.onnx", "d.onnx"]
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("TOOLKIT_CACHE_DIR", str(blocked))
+    assert graph_cache.exported("e", raw, export_as("e", 10)) == (["input_ids", "attention_mask"], False)
+    assert graph_cache.exported("e", raw, export_as("e", 10))[1] is False and raw.read_bytes() == b"e" * 10
 
 
 def test_gate_refuses_a_drifting_export(tmp_path, runs, small_stsb):

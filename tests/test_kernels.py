@@ -185,13 +185,13 @@ def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_s
     from toolkit.training.run_data import DataConfig
     from toolkit.training.run_dir import load_run
 
-    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=24))
+    data = DataConfig(str(small_stsb["train"]), str(small_stsb["dev"]), SourceOptions(limit=16))
     result = train(tmp_path / "fused", data, ModelConfig(max_length=32, fused_kernel="on"),
                    TrainConfig(epochs=1, batch_size=8, lr=3e-3, metric="mse", patience=0))
     assert sum(isinstance(m, FusedBottleneckAdapter) for m in result.model.modules()) == 6
     keys = set(load_file(tmp_path / "fused" / "adapter" / "adapter.safetensors"))
     assert keys and all("adapter" in k for k in keys)
-    dev, _ = read_pairs(small_stsb["dev"], SourceOptions(limit=24))
+    dev, _ = read_pairs(small_stsb["dev"], SourceOptions(limit=16))
     for mode, layers in (("auto", 0), ("on", 6)):  # auto on the CPU: the library's own layers
         run = load_run(tmp_path / "fused", fused_kernel=mode)
         assert sum(isinstance(m, FusedBottleneckAdapter) for m in run.model.modules()) == layers

@@ -49,7 +49,7 @@ def test_a_foreign_top_level_kernels_package_does_not_shadow_ours(tmp_path, smal
             "from toolkit.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     proc = _python(code, "train", "--train", str(small_stsb["train"]), "--dev", str(small_stsb["dev"]),
-                   "--out", str(run), "--limit", "16", "--epochs", "1", "--batch-size", "8", "--max-length", "32",
+                   "--out", str(run), "--limit", "8", "--epochs", "1", "--batch-size", "8", "--max-length", "32",
                    "--fused-kernel", "on", cwd=tmp_path, pythonpath=[_foreign_site(tmp_path)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = json.loads((run / "metrics.json").read_text())["fused_kernel"]

@@ -20,7 +20,7 @@ def _search(out, small_stsb, crash: str = "") -> subprocess.CompletedProcess:
         [sys.executable, "-m", "toolkit.cli", "search", "--data", str(small_stsb["train"]), "--dev-fraction",
          "0.25", "--test", str(small_stsb["test"]), "--limit", "32", "--max-length", "40",
          "--batch-size", "8", "--epochs", "1", "--patience", "0", "--trials", "3", "--epoch-choices", "1",
-         "--lr-min", "1e-4", "--lr-max", "1e-2", "--seeds", "1", "2", "3", "--out", str(out)],
+         "--lr-min", "1e-4", "--lr-max", "1e-2", "--seeds", "1", "2", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -39,14 +39,14 @@ def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small
     values = [v for _, v in _done(want)]
     chosen = want["chosen"]
     assert chosen["dev"] == max(values)  # the best by dev, nothing else
-    assert [r["seed"] for r in want["final"]] == [1, 2, 3] and all("test" in r for r in want["final"])
+    assert [r["seed"] for r in want["final"]] == [1, 2] and all("test" in r for r in want["final"])
     tests = [r["test"]["spearman"] for r in want["final"]]
     assert want["summary"]["test"][0] == pytest.approx(np.mean(tests), abs=1e-12)
     assert want["summary"]["test"][1] == pytest.approx(np.std(tests, ddof=1), abs=1e-12)
     assert (tmp_path / "whole" / "search.png").stat().st_size > 10_000
     assert "trial 3/3" in whole.stderr and "ETA" in whole.stderr
     runs = [json.loads(p.read_text()) for p in (tmp_path / "whole").rglob("config.json")]
-    assert len(runs) == 6  # every trial and seed run selected on the 8 pairs held out of the one file
+    assert len(runs) == 5  # every trial and seed run selected on the 8 pairs held out of the one file
     assert all(r["data"]["dev"] is None and (r["resolved"]["train_rows"], r["resolved"]["dev_rows"]) == (24, 8)
                for r in runs), [r["resolved"] for r in runs]
 
