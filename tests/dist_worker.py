@@ -23,6 +23,12 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     for i, one in enumerate(spec.get("runs") or [{"out": spec["out"], "train_cfg": spec["train_cfg"]}]):
         train_one(spec, one["out"], one["train_cfg"], f"-{i}" if "runs" in spec else "")
+    # every report is written: leave without the interpreter's teardown, where a thread torch left up
+    # aborts the process now and then on a loaded machine ("terminate called without an active
+    # exception", exit -6), with or without destroy_process_group first
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def train_one(spec: dict, out: str, train_cfg: dict, tag: str) -> None:

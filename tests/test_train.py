@@ -32,9 +32,9 @@ def test_short_training_lowers_dev_mse(tmp_path, small_stsb, arch):
 
 
 def test_same_seed_same_result_other_seed_differs(tmp_path, small_stsb):
-    a = run_train(tmp_path / "a", small_stsb, limit=64, epochs=1, seed=3).summary
-    b = run_train(tmp_path / "b", small_stsb, limit=64, epochs=1, seed=3).summary
-    c = run_train(tmp_path / "c", small_stsb, limit=64, epochs=1, seed=4).summary
+    a = run_train(tmp_path / "a", small_stsb, limit=32, epochs=1, seed=3).summary
+    b = run_train(tmp_path / "b", small_stsb, limit=32, epochs=1, seed=3).summary
+    c = run_train(tmp_path / "c", small_stsb, limit=32, epochs=1, seed=4).summary
     assert a["history"][1]["train_loss"] == b["history"][1]["train_loss"]
     assert a["history"][1]["dev"] == b["history"][1]["dev"]
     assert a["history"][1]["train_loss"] != c["history"][1]["train_loss"]
