@@ -362,9 +362,12 @@ def test_bad_configurations_fail_at_start_with_one_line(tmp_path, pairs):
     (tmp_path / "fixed.json").write_text(json.dumps(fixed))
     (tmp_path / "fixed.yaml").write_text(config.replace(str(tmp_path / "no.json"), str(tmp_path / "fixed.json")))
     proc = launch(str(tmp_path / "fixed.yaml"), REPO / "launch" / "train.py", *base, "--out", str(tmp_path / "c"),
-                  extra=("--num_processes", "2", "--mixed_precision", "no"))
+                  extra=("--num_processes", "2", "--mixed_precision", "no"), env={"PYTHONPROFILEIMPORTTIME": "1"})
     _one_line_error(proc, "the DeepSpeed config fixes train_micro_batch_size_per_gpu=4, but the training settings "
                           "give 16")
+    # found from the launcher's environment, before any process loads the model stack (seconds each)
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "toolkit.cli" in imported and not imported & {"transformers", "adapters"}, sorted(imported)
 
 
 def test_shipped_configs_parse_and_leave_our_settings_auto():

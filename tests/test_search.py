@@ -10,18 +10,22 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import cli_here
 
 pytest.importorskip("optuna")
 
 
-def _search(out, small_stsb, crash: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOOLKIT_CRASH_AT": crash}
-    return subprocess.run(
-        [sys.executable, "-m", "toolkit.cli", "search", "--data", str(small_stsb["train"]), "--dev-fraction",
-         "0.25", "--test", str(small_stsb["test"]), "--limit", "32", "--max-length", "40",
-         "--batch-size", "8", "--epochs", "1", "--patience", "0", "--trials", "3", "--epoch-choices", "1",
-         "--lr-min", "1e-4", "--lr-max", "1e-2", "--seeds", "1", "2", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900)
+def _search(out, small_stsb, capsys=None, crash: str = "") -> subprocess.CompletedProcess:
+    """``toolkit search`` with a small plan: in this process (``capsys`` given), or in a process of its
+    own, which a crash point can kill."""
+    args = ["search", "--data", str(small_stsb["train"]), "--dev-fraction", "0.25", "--test", str(small_stsb["test"]),
+            "--limit", "32", "--max-length", "40", "--batch-size", "8", "--epochs", "1", "--patience", "0",
+            "--trials", "3", "--epoch-choices", "1", "--lr-min", "1e-4", "--lr-max", "1e-2", "--seeds", "1", "2",
+            "--out", str(out)]
+    if capsys is not None:
+        return cli_here(capsys, *args, check=False)
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "TOOLKIT_CRASH_AT": crash}, timeout=900)
 
 
 def _done(result: dict) -> list[tuple]:
@@ -29,8 +33,8 @@ def _done(result: dict) -> list[tuple]:
             if t["state"] == "COMPLETE"]
 
 
-def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small_stsb):
-    whole = _search(tmp_path / "whole", small_stsb)
+def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small_stsb, capsys):
+    whole = _search(tmp_path / "whole", small_stsb, capsys)
     assert whole.returncode == 0, whole.stderr[-2000:]
     want = json.loads((tmp_path / "whole" / "search.json").read_text())
     assert len(_done(want)) == 3 and len({s for s, _ in _done(want)}) == 3  # three distinct settings
@@ -52,7 +56,7 @@ def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small
 
     killed = _search(tmp_path / "killed", small_stsb, crash="search.trained:2")
     assert killed.returncode == -9
-    again = _search(tmp_path / "killed", small_stsb)
+    again = _search(tmp_path / "killed", small_stsb, capsys)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "was interrupted: its setting is tried again" in again.stderr
     got = json.loads((tmp_path / "killed" / "search.json").read_text())
@@ -61,6 +65,6 @@ def test_search_resumes_after_a_kill_to_the_uninterrupted_result(tmp_path, small
     assert len(failed) == 1 and any(t["retry_of"] == failed[0]["number"] for t in got["trials"])
     assert [r["test"] for r in got["final"]] == [r["test"] for r in want["final"]]
 
-    rerun = _search(tmp_path / "killed", small_stsb)  # finished: nothing is trained again
+    rerun = _search(tmp_path / "killed", small_stsb, capsys)  # finished: nothing is trained again
     assert rerun.returncode == 0 and "trial " not in rerun.stderr.replace("chosen on dev: trial", "")
     assert json.loads((tmp_path / "killed" / "search.json").read_text())["trials"] == got["trials"]

@@ -107,16 +107,21 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
             do nothing if it finished; for job schedulers that rerun the same command (SLURM --requeue)
         progress: progress bar with rate and ETA (--quiet: none; the log lines are printed either way)
     """
-    from toolkit.training.loop import resume as resume_run
-    from toolkit.training.loop import train as train_run
-
     if resume:
+        from toolkit.training.loop import resume as resume_run
+
         return resume_run(resume, trust_remote_code=bool(options.get("trust_remote_code")), progress=progress)
     if not out:
         raise ToolkitError("name the run directory: --out RUN (or --resume RUN to continue one)")
     model_cfg, cfg, data_cfg = configs("train", options, {"model_config": model_config, "train_config": train_config,
                                                           "data_config": data_config})
     _set_data(data_cfg, data)
+    cfg.validate()
+    from toolkit.training.distributed import check_launch
+
+    check_launch(cfg.per_device_batch, cfg.grad_accum, cfg.max_grad_norm)  # before the model stack loads
+    from toolkit.training.loop import train as train_run
+
     return train_run(out, data_cfg, model_cfg, cfg, overwrite=overwrite, resume_if_exists=resume_if_exists,
                      progress=progress)
 

@@ -14,7 +14,7 @@ import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -171,6 +171,28 @@ def gathered(accelerator, params):
     return nullcontext()
 
 
+def _owned_settings(ds: dict, per_device: int, processes: int, grad_accum: int, max_grad_norm: float) -> dict:
+    """The DeepSpeed settings our config owns; a fixed value in ``ds`` that disagrees is an error."""
+    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": per_device * processes * grad_accum, "gradient_clipping": max_grad_norm}
+    for key, value in ours.items():
+        fixed = ds.get(key, "auto")
+        if fixed != "auto" and float(fixed) != float(value):
+            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
+                               f"set it to \"auto\" (the toolkit's flags own it)")
+    return ours
+
+
+def check_launch(per_device_batch: Callable[[int], int], grad_accum: int, max_grad_norm: float) -> None:
+    """The world's settings checked from the launcher's environment before the model stack is imported
+    (seconds per process), so that a wrong global batch or DeepSpeed config fails at once; the checks
+    after the Accelerator exists stay, for worlds made otherwise."""
+    per_device = per_device_batch(int(os.environ.get("WORLD_SIZE", "1")))
+    ds = deepspeed_config_file()
+    if ds is not None:
+        _owned_settings(ds, per_device, int(os.environ.get("WORLD_SIZE", "1")), grad_accum, max_grad_norm)
+
+
 def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm: float) -> Optional[dict]:
     """The DeepSpeed config, with our settings where it says "auto"; a fixed value that disagrees
     with them is an error (our config owns batch sizes, accumulation and clipping)."""
@@ -178,14 +200,7 @@ def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm
     if plugin is None:
         return None
     ds = plugin.deepspeed_config
-    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": grad_accum,
-            "train_batch_size": per_device * accelerator.num_processes * grad_accum,
-            "gradient_clipping": max_grad_norm}
-    for key, value in ours.items():
-        fixed = ds.get(key, "auto")
-        if fixed != "auto" and float(fixed) != float(value):
-            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
-                               f"set it to \"auto\" (the toolkit's flags own it)")
+    ours = _owned_settings(ds, per_device, accelerator.num_processes, grad_accum, max_grad_norm)
     ds.update(ours)  # accelerate would fill clipping "auto" with 1.0 and cannot read our batch sampler's size
     if ("optimizer" in ds) != ("scheduler" in ds):
         raise ToolkitError("the DeepSpeed config names an optimizer without a scheduler (or the reverse): "
