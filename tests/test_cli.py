@@ -50,7 +50,7 @@ TRAIN_BAD = ["train", "--data", "{tmp}/bad.csv", "--out", "{tmp}/run"]
     (["train", "--data", "stsb:{tmp}/nowhere", "--out", "{tmp}/run"],
      "{tmp}/nowhere: no such folder (--data stsb:{tmp}/nowhere)"),
     (TRAIN_BAD + ["--model", "org/model"], "model 'org/model' is neither a known short name (all-minilm-l6-v2, "
-     "minilm-l6) nor a local folder; toolkit loads models offline only"),
+     "minilm-l6, all-mpnet-base-v2, mpnet-base) nor a local folder; toolkit loads models offline only"),
 ])
 def test_errors_are_one_line_without_traceback(tmp_path, args, expected):
     (tmp_path / "bad.csv").write_text("sentence1,sentence2,score\na,b,1\nc,,2\n")
@@ -181,7 +181,7 @@ def test_config_file_for_a_command_with_positionals_and_spelled_values(tmp_path)
     assert (resolved["batch_size"], resolved["shard"], resolved["score_range"]) == (32, [2, 5], [0.0, 5.0])
 
 
-@pytest.mark.parametrize("command", ["train", "score", "wise", "search"])
+@pytest.mark.parametrize("command", ["train", "score", "wise", "search", "distill"])
 def test_help_shows_no_none_and_one_default(command, capsys):
     from toolkit import cli
 
@@ -250,9 +250,10 @@ def test_usage_errors_are_one_line_like_the_others(args, expected):
     assert not set("╭╮╰╯│") & set(proc.stderr)
 
 
-@pytest.mark.parametrize("command", ["train", "search", "score", "wise"])
+@pytest.mark.parametrize("command", ["train", "search", "score", "wise", "distill"])
 def test_quiet_means_no_progress_bar_in_every_command_that_shows_one(command):
     args = {"train": ["--data", "d", "--out", "o"], "search": ["--data", "d", "--out", "o"],
+            "distill": ["--data", "d", "--out", "o", "--teacher", "t"],
             "score": ["m", "f.csv", "-o", "x.csv"], "wise": ["r", "--out", "o"]}[command]
     assert _resolved(command, *args, "--quiet")["progress"] is False
     assert _resolved(command, *args)["progress"] is True

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "toolkit"
 # lowest first: a package imports only from itself and the packages before it
-LAYERS = ["common", "sources", "model", "scoring", "training", "artifacts", "batch", "robustness", "<top>"]
+LAYERS = ["common", "sources", "model", "scoring", "training", "artifacts", "batch", "robustness", "distill", "<top>"]
 MAX_LINES = 400
 
 

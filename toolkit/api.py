@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # imported per command at run time (scoring a bundle imports 
     from toolkit.sources import SourceOptions
     from toolkit.training.config import TrainConfig
     from toolkit.training.run_data import DataConfig
+    from toolkit.distill.distillation import DistillConfig
     from toolkit.training.search import SearchConfig
 
 Say = Optional[Callable[[str], None]]
@@ -153,6 +154,38 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
         test = _data_path(data, "test")
     data_cfg.validate()
     return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet, progress=progress)
+
+
+def distill(data: Optional[str] = None, *, out: Optional[str] = None, test: Optional[str] = None,
+            overwrite: bool = False, say: Say = None, progress: bool = True,
+            model_config: Optional[ModelConfig] = None, train_config: Optional[TrainConfig] = None,
+            data_config: Optional[DataConfig] = None, distill_config: Optional[DistillConfig] = None,
+            **options: Any) -> dict:
+    """Distil a teacher into a small student: pairs sampled among the training sentences (random and near
+    neighbours) scored by the teacher, the student (the model and training options given) trained on gold +
+    silver and chosen on gold dev. Resumable: the same command continues the student, and reads the teacher's
+    scores back. Returns what FOLDER/distill.json holds.
+
+    Args:
+        data: a pair file (a seeded dev share is held out: --dev-fraction), or stsb:FOLDER (its train and dev
+            splits; its test split is scored at the end); or --train FILE [--dev FILE]
+        out: distillation folder (silver pairs, the student's data, the student run, distill.json, distill.png)
+        test: pair file the student and the teacher are scored on at the end (default with stsb: its test split)
+        overwrite: train the student again from the start (silver pairs already scored are still read back)
+        progress: progress bars with rate and ETA (--quiet: none)
+    """
+    from toolkit.distill.distillation import distill as run_distill
+
+    if not out:
+        raise ToolkitError("name the distillation folder: --out FOLDER")
+    model_cfg, cfg, data_cfg, distill_cfg = configs("distill", options, {
+        "model_config": model_config, "train_config": train_config, "data_config": data_config,
+        "distill_config": distill_config})
+    _set_data(data_cfg, data)
+    if test is None and data and data.startswith("stsb:"):
+        test = _data_path(data, "test")
+    return run_distill(out, data_cfg, model_cfg, cfg, distill_cfg, test=test, overwrite=overwrite,
+                       progress=progress, say=say or _quiet)
 
 
 def load(path: str | Path, batch_size: int = 128, provider: str = "auto", threads: Optional[int] = None,

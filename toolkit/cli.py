@@ -42,6 +42,8 @@ COMMANDS = {
                      flags=("out",), aliases=(("out", ("-o", "--output")),)),
     "search": Command("search", "search hyperparameters on dev (Optuna), re-run the best with several seeds, then "
                       "score test; resumable", flags=("out",)),
+    "distill": Command("distill", "train a small student on gold pairs plus pairs a teacher scores; resumable",
+                       flags=("out",)),
     "wise": Command("wise", "WiSE-FT: sweep α between a run's start and its trained weights on in-distribution "
                     "and shifted sets; optionally save the chosen α as a run", flags=("out",), repeat=("ood", "test")),
     "shift-splits": Command("shift_splits", "write STS-B genre-shift splits: train on two genres, test on the third"),
@@ -56,7 +58,7 @@ CONFIG_FLAG, PRINT_FLAGS = "--config", ("--print-config", "--print_config")
 FIELD_ALIASES = {"base_model": ("--model",)}
 GROUPS = {"ModelConfig": "model", "TrainConfig": "training", "DataConfig": "splits", "ExportConfig": "export",
           "ScoreConfig": "scoring", "RayConfig": "ray", "WiseConfig": "wise", "SourceOptions": "pair_file",
-          "SearchConfig": "search"}
+          "SearchConfig": "search", "DistillConfig": "distill"}
 
 
 # -- the parser, generated ----------------------------------------------------------------------------
@@ -320,6 +322,10 @@ def run(name: str, options: dict[str, Any]) -> int:
         print(f"merged model written to {result} (transformers loads {result}/model)")
     elif name == "score":
         _report_score(options["model"], result)
+    elif name == "distill":
+        student = result["student"]
+        tested = f", test Spearman {100 * student['test']['spearman']:.2f}" if "test" in student else ""
+        print(f"student written to {student['run']}: dev Spearman {100 * student['dev']['spearman']:.2f}{tested}")
     elif name == "shift-splits":
         for folder, files in result.items():
             print(f"{options['out']}/{folder}: " + ", ".join(f"{n} {c}" for n, c in files.items()))

@@ -29,6 +29,13 @@ def option_classes(command: str) -> tuple[type, ...]:
         from toolkit.training.search import SearchConfig
 
         return ModelConfig, TrainConfig, DataConfig, SearchConfig
+    if command == "distill":
+        from toolkit.model.regressor import ModelConfig
+        from toolkit.training.config import TrainConfig
+        from toolkit.distill.distillation import DistillConfig
+        from toolkit.training.run_data import DataConfig
+
+        return ModelConfig, TrainConfig, DataConfig, DistillConfig
     if command == "export":
         from toolkit.artifacts.onnx_export import ExportConfig
 
@@ -79,7 +86,8 @@ def option_fields(config: Any) -> list[tuple[Any, str]]:
 # the keyword under which a Python caller passes a whole config object (api.py's typed parameters)
 CONFIG_PARAMS = {"ModelConfig": "model_config", "TrainConfig": "train_config", "DataConfig": "data_config",
                  "SearchConfig": "search_config", "ExportConfig": "export_config", "ScoreConfig": "score_config",
-                 "RayConfig": "ray_config", "WiseConfig": "wise_config", "SourceOptions": "source_options"}
+                 "RayConfig": "ray_config", "WiseConfig": "wise_config", "SourceOptions": "source_options",
+                 "DistillConfig": "distill_config"}
 
 
 def _build(cls: type, options: dict[str, Any], used: set[str], base: Any = None) -> Any:

@@ -27,7 +27,8 @@ from toolkit.common.errors import ToolkitError
 from toolkit.model.adapter_kinds import adapter_kind, fused_kinds
 from toolkit.model.architectures import architecture
 from toolkit.model.losses import angle_similarity
-from toolkit.model.safe_loading import DEFAULT_MODEL, load_adapter_model
+from toolkit.model.known_models import DEFAULT_MODEL
+from toolkit.model.safe_loading import load_adapter_model
 
 NAME = "pair"  # the adapter's and the head's name inside the adapters library
 FULL_WEIGHTS = "model.safetensors"
@@ -120,9 +121,9 @@ class PairRegressor(nn.Module):
     def create(cls, cfg: ModelConfig, base_folder: Path, weights: Optional[Path] = None) -> "PairRegressor":
         """A fresh model (``weights`` None) or one restored from a run directory's weights."""
         cfg.validate()
-        encoder = load_adapter_model(base_folder, cfg.trust_remote_code)
         cross = architecture(cfg.arch).has_head
         kind = adapter_kind(cfg.adapter)
+        encoder = load_adapter_model(base_folder, cfg.trust_remote_code, plain_ok=kind.full and not cross)
         if kind.full:
             if cross:
                 encoder.add_classification_head(NAME, num_labels=1, layers=cfg.head_layers)
@@ -171,7 +172,8 @@ class PairRegressor(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}  # MPNet has none
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types)
         return mean_pool(out[0], attention_mask)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None,

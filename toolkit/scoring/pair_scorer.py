@@ -34,6 +34,12 @@ def map_batches(batches: list[list], forward: Callable[[list], np.ndarray]) -> l
     return [forward(b) for b in batches]
 
 
+def cosine(rows: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Each pair's cosine of its two sentences' rows (float64): a bi-encoder's normalised score."""
+    a, b = rows[first].astype(np.float64), rows[second].astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
+
+
 @dataclass
 class EncodedPairs:
     """Tokenised input of ``PairScorer.score_encoded``: pairs (cross), or distinct sentences and the
@@ -83,8 +89,12 @@ class PairScorer:
         rows = self.run(encoded.items, sort=sort)
         if encoded.joint:
             return rows[:, 0].astype(np.float64)
-        a, b = rows[encoded.first].astype(np.float64), rows[encoded.second].astype(np.float64)
-        return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-8)
+        return cosine(rows, encoded.first, encoded.second)
+
+    def score_embedded(self, embeddings: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Scores on the user's scale of the pairs (``first[i]``, ``second[i]``) of rows of ``embeddings``
+        (a bi-encoder's, from ``embed``): each sentence embedded once, however many pairs it is in."""
+        return self.offset + self.scale * cosine(embeddings, first, second)
 
     def predict(self, s1: Sequence, s2: Optional[Sequence[str]] = None, dedupe: bool = True,
                 sort: bool = True) -> np.ndarray:

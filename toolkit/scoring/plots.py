@@ -1,4 +1,5 @@
-"""The PNGs people would rather look at: predicted vs gold, WiSE-FT curves, a search's trials."""
+"""The PNGs people would rather look at: predicted vs gold, WiSE-FT curves, a search's trials, the spread
+of gold and silver scores in a distillation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +38,31 @@ def plot_predictions(path: str | Path, pred: Sequence[float], gold: Sequence[flo
         return "n/a" if v is None else f"{100 * v:.1f}"
     ax.set_title(f"{title}\nSpearman {pct(metrics.get('spearman'))}  Pearson {pct(metrics.get('pearson'))}  "
                  f"RMSE {metrics['rmse']:.3f}  n={metrics['n']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_score_spread(path: str | Path, sets: dict[str, np.ndarray],
+                      score_range: Optional[tuple[float, float]] = None) -> None:
+    """A histogram (share of each set per bin) of each named set of scores, overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = {name: np.asarray(v, dtype=np.float64) for name, v in sets.items() if len(v)}
+    lo, hi = score_range or (min(v.min() for v in present.values()), max(v.max() for v in present.values()))
+    bins = np.linspace(lo, hi, 21)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, values in present.items():
+        ax.hist(values, bins=bins, weights=np.full(len(values), 1 / len(values)), histtype="step", lw=1.6,
+                label=f"{name} (n={len(values)})")
+    ax.set_xlabel("score")
+    ax.set_ylabel("share of pairs")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
