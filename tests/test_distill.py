@@ -60,9 +60,13 @@ def test_bi_teacher_silver_student_rerun_and_refusal(tmp_path, small_stsb, small
             assert where[b] in top[where[a]] or where[a] in top[where[b]], (a, b)
 
     summary = json.loads((out / "distill.json").read_text())
+    fifths = summary["silver"].pop("share_per_fifth_of_range")
     assert summary["silver"] | {"key": None} == {"key": None, "pairs": 120, "used": 120, "neighbour": 60,
                                                  "random": 60, "score_mean": pytest.approx(np.mean(want)),
                                                  "score_std": pytest.approx(np.std(want))}
+    assert fifths["silver"] == pytest.approx(np.histogram(want, np.linspace(0, 5, 6))[0] / 120, abs=1e-4)
+    assert fifths["gold"] == pytest.approx(np.histogram([float(r[4]) for r in gold_rows], np.linspace(0, 5, 6))[0]
+                                           / 60, abs=1e-4)
     student = out / "student"
     config = json.loads((student / "config.json").read_text())
     assert config["resolved"]["train_rows"] == 60 + 120 and config["resolved"]["dev_rows"] == 60

@@ -84,7 +84,8 @@ def distill(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: Trai
     teacher = load_model(dcfg.teacher).predictor(batch_size=dcfg.teacher_batch_size)
     say(f"teacher {show_path(Path(dcfg.teacher))} ({teacher.arch}-encoder); gold {gold.describe()}")
     out.mkdir(parents=True, exist_ok=True)
-    silver, key = _silver(out, gold.train, teacher, model_cfg, dcfg, model_files(dcfg.teacher), score_range, say)
+    silver, key = _silver(out, gold.train, teacher, model_cfg, dcfg, model_files(dcfg.teacher), score_range, say,
+                          progress)
     used = len(silver) if dcfg.silver_share is None else \
         min(len(silver), round(dcfg.silver_share / (1 - dcfg.silver_share) * len(gold.train)))
     student_data = _student_data(out, gold.train, gold.dev, silver, used, key, score_range)
@@ -92,7 +93,7 @@ def distill(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: Trai
     result = train(out / STUDENT, student_data, model_cfg, cfg, overwrite=overwrite, resume_if_exists=not overwrite,
                    progress=progress)
     summary = {"teacher": {"path": str(Path(dcfg.teacher).resolve()), "arch": teacher.arch},
-               "silver": _silver_summary(silver, used, key),
+               "silver": _silver_summary(silver, used, key, gold.train.scores, score_range),
                "student": {"run": str(out / STUDENT), "dev": result.summary.get("dev"),
                            "params": result.summary.get("params")}}
     if test:
@@ -103,7 +104,7 @@ def distill(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: Trai
 
 
 def _silver(out: Path, gold: PairChunk, teacher, model_cfg: ModelConfig, dcfg: DistillConfig, teacher_files: dict,
-            score_range, say: Say) -> tuple[SilverPairs, str]:
+            score_range, say: Say, progress: bool) -> tuple[SilverPairs, str]:
     sampler = "teacher" if teacher.arch == "bi" else f"student start ({model_cfg.base_model})"
     settings = SilverSettings(dcfg.silver_pairs, dcfg.neighbour_share, dcfg.neighbours, dcfg.sample_seed, sampler)
     key, made_of = silver_key(teacher_files, gold, settings)
@@ -116,7 +117,7 @@ def _silver(out: Path, gold: PairChunk, teacher, model_cfg: ModelConfig, dcfg: D
     if len(sentences) < 3:
         raise ToolkitError(f"the gold training pairs hold {len(sentences)} distinct sentences: too few to pair")
     embedder = teacher if teacher.arch == "bi" else _start_embedder(model_cfg, dcfg.teacher_batch_size)
-    embeddings = _in_steps(embedder.embed, sentences, "embedding the training sentences") \
+    embeddings = _in_steps(embedder.embed, sentences, "embedding the training sentences", progress) \
         if dcfg.neighbour_share > 0 or teacher.arch == "bi" else None
     neighbours = nearest_neighbours(embeddings, dcfg.neighbours) if dcfg.neighbour_share > 0 else None
     first, second, origin = sample_pairs(sentences, gold, dcfg.silver_pairs, dcfg.neighbour_share, neighbours,
@@ -126,7 +127,7 @@ def _silver(out: Path, gold: PairChunk, teacher, model_cfg: ModelConfig, dcfg: D
     else:
         s1, s2 = [sentences[i] for i in first], [sentences[j] for j in second]
         scores = _in_steps(lambda idx: teacher.predict([s1[i] for i in idx], [s2[i] for i in idx]),
-                           list(range(len(s1))), "scoring the silver pairs with the teacher")
+                           list(range(len(s1))), "scoring the silver pairs with the teacher", progress)
     if score_range:
         scores = np.clip(scores, *score_range)  # the student's training file refuses scores outside its range
     silver = SilverPairs([sentences[i] for i in first], [sentences[j] for j in second], np.asarray(scores), origin)
@@ -136,9 +137,10 @@ def _silver(out: Path, gold: PairChunk, teacher, model_cfg: ModelConfig, dcfg: D
     return silver, key
 
 
-def _in_steps(fn: Callable[[list], np.ndarray], items: list, what: str, step: int = 4096) -> np.ndarray:
+def _in_steps(fn: Callable[[list], np.ndarray], items: list, what: str, progress: bool,
+              step: int = 4096) -> np.ndarray:
     """``fn`` over ``items`` in steps, with a progress bar (rate and ETA): labelling can take a while."""
-    bar = progress_bar(total=len(items), desc=what, unit="item", leave=False)
+    bar = progress_bar(total=len(items), desc=what, unit="item", leave=False, disable=not progress)
     parts = []
     for start in range(0, len(items), step):
         parts.append(np.asarray(fn(items[start:start + step])))
@@ -190,12 +192,18 @@ def _write_pairs(path: Path, columns: dict) -> Path:
     return path
 
 
-def _silver_summary(silver: SilverPairs, used: int, key: str) -> dict:
+def _silver_summary(silver: SilverPairs, used: int, key: str, gold: np.ndarray, score_range) -> dict:
+    """Counts, and how the silver scores spread over the range beside the gold ones (fifths of it)."""
     scores = np.asarray(silver.scores[:used])
     origin = silver.origin[:used]
+    lo, hi = score_range or (float(min(gold.min(), scores.min(initial=gold.min()))),
+                             float(max(gold.max(), scores.max(initial=gold.max()))))
+    edges = np.linspace(lo, hi, 6)
+    fifths = {name: [round(float(x), 4) for x in np.histogram(v, edges)[0] / max(len(v), 1)]
+              for name, v in (("gold", np.asarray(gold)), ("silver", scores))}
     return {"key": key, "pairs": len(silver), "used": used, "neighbour": origin.count("neighbour"),
             "random": origin.count("random"), "score_mean": float(scores.mean()) if used else None,
-            "score_std": float(scores.std()) if used else None}
+            "score_std": float(scores.std()) if used else None, "share_per_fifth_of_range": fifths}
 
 
 def _tested(test: str, source: SourceOptions, score_range, student_dir: Path, teacher, summary: dict,
