@@ -131,3 +131,13 @@ def test_bad_distill_options_fail_in_one_line(tmp_path, small_stsb, small_models
                     "--out", tmp_path / "d", check=False)
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_folder_that_holds_something_else_is_not_written_into(tmp_path, small_stsb, small_models, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    done = cli_here(capsys, "distill", "--train", small_stsb["train"], "--dev", small_stsb["dev"], "--teacher",
+                    small_models["run"], "--out", tmp_path / "d", check=False)
+    assert done.returncode == 2 and done.stderr.strip() == (f"{tmp_path / 'd'}: already exists and holds no "
+                                                            "distillation; choose another --out or pass --overwrite")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["notes.txt"]

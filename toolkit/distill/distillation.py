@@ -72,7 +72,8 @@ def distill(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: Trai
     for c in (model_cfg, cfg, data, dcfg):
         c.validate()
     data = data.absolute()
-    if out.exists() and any(out.iterdir()) and not (out / STUDENT).exists() and not overwrite:
+    ours = (out / STUDENT).exists() or any(out.glob("silver-*.parquet"))  # a distillation folder (labels kept)
+    if out.exists() and any(out.iterdir()) and not ours and not overwrite:
         raise ToolkitError(f"{out}: already exists and holds no distillation; choose another --out or pass "
                            "--overwrite")
     gold = read_run_data(data, say)
