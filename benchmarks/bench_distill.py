@@ -84,7 +84,8 @@ def main() -> None:
     sd = statistics.stdev(student) if len(student) > 1 else float("nan")
     results = {"date": str(date.today()), "machine": cpu_info(), "command": " ".join(sys.argv),
                "teacher": args.teacher, "teacher_test_spearman": teacher, "silver": silver,
-               "student_test_spearman": dict(zip(args.seeds, student)), "student_dev_spearman": dict(zip(args.seeds, dev)),
+               "student_test_spearman": dict(zip(args.seeds, student)),
+               "student_dev_spearman": dict(zip(args.seeds, dev)),
                "student_test_mean": statistics.mean(student), "student_test_std": sd, "params": params,
                "wall_s": round(time.time() - t)}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -178,7 +178,8 @@ def _student_data(out: Path, train: PairChunk, dev: PairChunk, silver: SilverPai
     folder.mkdir(exist_ok=True)
     train_path = _write_pairs(folder / f"train-{digest}.parquet", rows)
     dev_path = _write_pairs(folder / f"dev-{dev_digest(dev)[:16]}.parquet",
-                            {"id": dev.ids, "sentence1": dev.s1, "sentence2": dev.s2, "score": list(map(float, dev.scores))})
+                            {"id": dev.ids, "sentence1": dev.s1, "sentence2": dev.s2,
+                             "score": list(map(float, dev.scores))})
     source = SourceOptions(score_range=tuple(score_range) if score_range else None)
     return DataConfig(train=str(train_path), dev=str(dev_path), source=source)
 
