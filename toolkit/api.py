@@ -57,6 +57,19 @@ def _set_data(data_cfg, data: Optional[str]) -> None:
         data_cfg.train = data
 
 
+def _trained_then_tested(command: str, out: Optional[str], data: Optional[str], test: Optional[str],
+                         options: dict, given: dict) -> tuple[list, Optional[str]]:
+    """The configs of a command that trains into a folder and then scores a test file: the folder named,
+    ``--data`` read, and stsb:FOLDER's test split the test file unless another is given."""
+    if not out:
+        raise ToolkitError(f"name the {command} folder: --out FOLDER")
+    built = configs(command, options, given)
+    _set_data(built[2], data)
+    if test is None and data and data.startswith("stsb:"):
+        test = _data_path(data, "test")
+    return built, test
+
+
 def _as_trained(model: str, source, say: Say, gold: bool = True):
     """``source`` with what the user left out taken from the model's training: its sentence (and score)
     column names, and for gold files its score range; says what was taken."""
@@ -144,14 +157,9 @@ def search(data: Optional[str] = None, *, out: Optional[str] = None, test: Optio
     """
     from toolkit.training.search import search as run_search
 
-    if not out:
-        raise ToolkitError("name the search folder: --out FOLDER")
-    model_cfg, cfg, data_cfg, search_cfg = configs("search", options, {
+    (model_cfg, cfg, data_cfg, search_cfg), test = _trained_then_tested("search", out, data, test, options, {
         "model_config": model_config, "train_config": train_config, "data_config": data_config,
         "search_config": search_config})
-    _set_data(data_cfg, data)
-    if test is None and data and data.startswith("stsb:"):
-        test = _data_path(data, "test")
     data_cfg.validate()
     return run_search(out, data_cfg, model_cfg, cfg, search_cfg, test=test, say=say or _quiet, progress=progress)
 
@@ -176,14 +184,9 @@ def distill(data: Optional[str] = None, *, out: Optional[str] = None, test: Opti
     """
     from toolkit.distill.distillation import distill as run_distill
 
-    if not out:
-        raise ToolkitError("name the distillation folder: --out FOLDER")
-    model_cfg, cfg, data_cfg, distill_cfg = configs("distill", options, {
+    (model_cfg, cfg, data_cfg, distill_cfg), test = _trained_then_tested("distill", out, data, test, options, {
         "model_config": model_config, "train_config": train_config, "data_config": data_config,
         "distill_config": distill_config})
-    _set_data(data_cfg, data)
-    if test is None and data and data.startswith("stsb:"):
-        test = _data_path(data, "test")
     return run_distill(out, data_cfg, model_cfg, cfg, distill_cfg, test=test, overwrite=overwrite,
                        progress=progress, say=say or _quiet)
 
