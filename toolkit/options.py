@@ -30,9 +30,9 @@ def option_classes(command: str) -> tuple[type, ...]:
 
         return ModelConfig, TrainConfig, DataConfig, SearchConfig
     if command == "distill":
+        from toolkit.distill.distillation import DistillConfig
         from toolkit.model.regressor import ModelConfig
         from toolkit.training.config import TrainConfig
-        from toolkit.distill.distillation import DistillConfig
         from toolkit.training.run_data import DataConfig
 
         return ModelConfig, TrainConfig, DataConfig, DistillConfig
