@@ -62,7 +62,7 @@ def nearest_neighbours(embeddings: np.ndarray, k: int, block: int = 1024) -> np.
         sims = x[start:start + block] @ x.T
         rows = np.arange(start, min(start + block, n))
         sims[rows - start, rows] = -np.inf  # not itself
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.argsort(-sims, axis=1)[:, :k]
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # k <= n - 1: itself (at -inf) is never picked
         picked = np.take_along_axis(sims, top, axis=1)
         order = np.lexsort((top, -picked), axis=1)  # by similarity, then index
         out[rows] = np.take_along_axis(top, order, axis=1)
