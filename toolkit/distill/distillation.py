@@ -77,8 +77,8 @@ def distill(out: str | Path, data: DataConfig, model_cfg: ModelConfig, cfg: Trai
         raise ToolkitError(f"{out}: already exists and holds no distillation; choose another --out or pass "
                            "--overwrite")
     gold = read_run_data(data, say)
-    score_range = gold.train_source.score_range or trained_reading(dcfg.teacher)[1]
     teacher_range = trained_reading(dcfg.teacher)[1]
+    score_range = gold.train_source.score_range or teacher_range
     if teacher_range and score_range and tuple(teacher_range) != tuple(score_range):
         raise ToolkitError(f"the teacher scores on {teacher_range[0]:g}..{teacher_range[1]:g}, the gold pairs are on "
                            f"{score_range[0]:g}..{score_range[1]:g}: train the teacher on this scale")

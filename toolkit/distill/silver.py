@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from toolkit.common.atomic_io import atomic_path, read_json, write_json
 from toolkit.common.errors import ToolkitError
 from toolkit.sources import PairChunk
 
-Say = Callable[[str], None]
 SILVER_COLUMNS = ("sentence1", "sentence2", "score", "origin")
 
 

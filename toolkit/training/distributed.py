@@ -187,10 +187,11 @@ def check_launch(per_device_batch: Callable[[int], int], grad_accum: int, max_gr
     """The world's settings checked from the launcher's environment before the model stack is imported
     (seconds per process), so that a wrong global batch or DeepSpeed config fails at once; the checks
     after the Accelerator exists stay, for worlds made otherwise."""
-    per_device = per_device_batch(int(os.environ.get("WORLD_SIZE", "1")))
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = per_device_batch(processes)
     ds = deepspeed_config_file()
     if ds is not None:
-        _owned_settings(ds, per_device, int(os.environ.get("WORLD_SIZE", "1")), grad_accum, max_grad_norm)
+        _owned_settings(ds, per_device, processes, grad_accum, max_grad_norm)
 
 
 def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm: float) -> Optional[dict]:
