@@ -1,6 +1,6 @@
-"""Started by ``accelerate launch`` from test_distributed.py, once per process: trains through the
-library API, then reports what this process saw of the world, the training pairs each of its
-batches counted, and a digest of its trained weights (rank 0 also saves the weights)."""
+"""Started by ``accelerate launch`` from test_distributed.py, once per process: trains each run of its
+spec through the library API, then reports what this process saw of the world, the training pairs
+each of its batches counted, and a digest of its trained weights (rank 0 also saves the weights)."""
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +22,9 @@ from toolkit.training.run_data import DataConfig
 def main() -> None:
     spec = json.loads(sys.argv[1])
     for i, one in enumerate(spec.get("runs") or [{"out": spec["out"], "train_cfg": spec["train_cfg"]}]):
-        train_one(spec, one["out"], one["train_cfg"], f"-{i}" if "runs" in spec else "")
+        # a run may bring its own data, model and report tag: one launch trains several tests' runs
+        tag = one.get("tag", f"-{i}" if "runs" in spec else "")
+        train_one({**spec, **one}, one["out"], one["train_cfg"], tag)
     # every report is written: leave without the interpreter's teardown, where a thread torch left up
     # aborts the process now and then on a loaded machine ("terminate called without an active
     # exception", exit -6), with or without destroy_process_group first

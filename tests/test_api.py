@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_recorded_choices
+from conftest import assert_recorded_choices, cli_here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def _readme_block() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_python_block_runs(tmp_path, stsb_dir):
+def test_readme_python_block_runs(tmp_path, stsb_dir, capsys):
     data = tmp_path / "stsb"  # the release's layout, 128 pairs of each split: every stage in CI's minutes
     data.mkdir()
     for split in ("train", "dev", "test"):
@@ -39,9 +39,7 @@ def test_readme_python_block_runs(tmp_path, stsb_dir):
     runs = tmp_path / "runs"
     assert_recorded_choices(runs / "quick", runs / "quick-wise")
     assert pq.read_metadata(runs / "quick-test.parquet").num_rows == 128
-    cli = subprocess.run([sys.executable, "-m", "toolkit.cli", "predict", str(runs / "quick"),
-                          "A plane is taking off.", "An air plane is taking off."], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cli = cli_here(capsys, "predict", runs / "quick", "A plane is taking off.", "An air plane is taking off.")
     assert float(cli.stdout) == pytest.approx(pair_score, abs=1e-4)  # the CLI prints 4 decimals
 
 

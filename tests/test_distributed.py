@@ -68,42 +68,6 @@ def single_process_metrics(run_dir: Path, dev: Path) -> dict:
     return evaluate_predictions(pred, gold.scores, ci=False)[0]
 
 
-def test_ddp_two_processes_one_world_matches_single_process(tmp_path, pairs):
-    model = {"max_length": 64, "dropout": 0.0}
-    train_cfg = {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 16}
-    spec = {"out": str(tmp_path / "ddp"), "train": str(pairs["train"]), "dev": str(pairs["dev"]),
-            "reports": str(tmp_path), "model": model, "train_cfg": {**train_cfg, "batch_size": 8}}
-    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["rank"] for r in reports] == [0, 1]
-    assert all(r["world_size"] == 2 and r["launcher_world_size"] == 2 for r in reports)
-    assert reports[0]["digest"] == reports[1]["digest"]  # identical weights on both ranks after training
-    assert reports[0]["dev_predictions"] == reports[1]["dev_predictions"]  # every rank gets the full gather
-
-    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert ddp["processes"] == 2 and ddp["per_device_batch"] == 8 and ddp["effective_batch_size"] == 16
-    log = (tmp_path / "ddp" / "train.log").read_text()
-    assert "batch 8 per device x 2 processes x 1 accumulation = 16 effective" in log
-    assert log.count("epoch 2 loss") == 1  # only the main process writes the log
-
-    # gathered dev metrics (61 pairs over 2 ranks, padded) == this process's evaluation of the saved model
-    assert len(reports[0]["dev_predictions"]) == 61
-    reference = single_process_metrics(tmp_path / "ddp", pairs["dev"])
-    for key in ("spearman", "pearson", "mse"):
-        assert ddp["dev"][key] == pytest.approx(reference[key], abs=1e-5)
-
-    # one process with the same effective batch: the same run, up to float summation order
-    data = DataConfig(str(pairs["train"]), str(pairs["dev"]), SourceOptions())
-    single = train(tmp_path / "single", data, ModelConfig(**model), TrainConfig(**train_cfg, batch_size=16)).summary
-    assert single["processes"] == 1 and single["effective_batch_size"] == 16
-    for a, b in zip(ddp["history"][1:], single["history"][1:]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        for key in ("spearman", "pearson", "mse"):
-            assert a["dev"][key] == pytest.approx(b["dev"][key], abs=1e-4), (a["epoch"], key)
-
-
 @pytest.fixture(scope="module")
 def odd_pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
     """203 training pairs: no batch size or world size divides them, so short batches happen."""
@@ -123,46 +87,6 @@ def _steps(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
 
 
-def test_ddp_trains_every_pair_once_per_epoch_and_follows_the_single_process_loss(tmp_path, odd_pairs):
-    """N = 203, batch 8 per process x 2 processes, without and with accumulation (2 steps): every
-    pair counts in exactly one batch of one rank per epoch, and each optimiser step's loss equals the
-    single-process run's (one launch trains both)."""
-    model = {"max_length": 48, "dropout": 0.0}
-    common = {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 32, "log_steps": 1}
-    runs = [{"out": str(tmp_path / f"ddp{accum}"), "train_cfg": {**common, "grad_accum": accum, "batch_size": 8}}
-            for accum in (1, 2)]
-    spec = {"runs": runs, "train": str(odd_pairs["train"]), "dev": str(odd_pairs["dev"]), "reports": str(tmp_path),
-            "model": model}
-    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = DataConfig(str(odd_pairs["train"]), str(odd_pairs["dev"]), SourceOptions())
-    for i, accum in enumerate((1, 2)):
-        reports = [json.loads((tmp_path / f"rank{r}-{i}.json").read_text()) for r in (0, 1)]
-        assert reports[0]["digest"] == reports[1]["digest"]
-        ranks = [_per_epoch(r["seen"]) for r in reports]
-        for epoch in (1, 2):
-            together = ranks[0][epoch] + ranks[1][epoch]
-            assert sorted(together) == list(range(203)), f"accum {accum}, epoch {epoch}: pairs lost or counted twice"
-        assert all(len(b["indices"]) <= 8 for r in reports for b in r["seen"])
-
-        seen: list[dict] = []
-        single = train(tmp_path / f"single{accum}", data, ModelConfig(**model),
-                       TrainConfig(**common, grad_accum=accum, batch_size=16),
-                       observe=lambda b: seen.append({"epoch": b.epoch, "indices": b.indices})).summary
-        assert all(sorted(ids) == list(range(203)) for ids in _per_epoch(seen).values())
-        a, b = _steps(tmp_path / f"ddp{accum}"), _steps(tmp_path / f"single{accum}")
-        assert len(a) == len(b) == 2 * -(-13 // accum)  # ceil(203 / 16) global batches per epoch, by accum
-        for x, y in zip(a, b):
-            assert (x["step"], x["pairs"]) == (y["step"], y["pairs"])
-            assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (accum, x["step"])
-        assert sum(x["pairs"] for x in a) == 2 * 203
-        ddp = json.loads((tmp_path / f"ddp{accum}" / "metrics.json").read_text())
-        for x, y in zip(ddp["history"][1:], single["history"][1:]):
-            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
-            for key in ("spearman", "pearson", "mse"):
-                assert x["dev"][key] == pytest.approx(y["dev"][key], abs=1e-4), (accum, x["epoch"], key)
-
-
 @pytest.fixture(scope="module")
 def ragged_pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
     """49 training pairs: at 16 a global batch, one batch holds a single pair, fewer than the
@@ -172,33 +96,114 @@ def ragged_pairs(tmp_path_factory, stsb_dir) -> dict[str, Path]:
             "dev": write_stsb_slice(root / "dev.csv", "dev", 24)}
 
 
-def test_rank_losses_on_two_processes_rank_the_global_batch_as_one_process_does(tmp_path, ragged_pairs):
+WORLD = {"model": {"max_length": 64, "dropout": 0.0},
+         "train_cfg": {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 16}}
+ODD = {"model": {"max_length": 48, "dropout": 0.0},
+       "train_cfg": {"epochs": 2, "lr": 2e-3, "patience": None, "metric": "mse", "eval_batch_size": 32, "log_steps": 1}}
+RANK = {"model": {"max_length": 48, "dropout": 0.0},
+        "train_cfg": {"epochs": 2, "lr": 2e-3, "patience": 0, "eval_batch_size": 32, "log_steps": 1}}
+RANK_CASES = [("cosent", 1), ("angle", 2)]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, pairs, odd_pairs, ragged_pairs) -> Path:
+    """One ``accelerate launch`` of 2 processes trains the runs of the three DDP tests below in turn
+    (each launch costs both processes' start-up, seconds each); each test checks its own runs."""
+    root = tmp_path_factory.mktemp("ddp")
+
+    def run(tag: str, data: dict, kind: dict, **cfg) -> dict:
+        return {"out": str(root / tag), "tag": f"-{tag}", "train": str(data["train"]), "dev": str(data["dev"]),
+                "model": kind["model"], "train_cfg": {**kind["train_cfg"], **cfg}}
+
+    runs = [run("world", pairs, WORLD, batch_size=8)]
+    runs += [run(f"accum{accum}", odd_pairs, ODD, grad_accum=accum, batch_size=8) for accum in (1, 2)]
+    runs += [run(loss, ragged_pairs, RANK, loss=loss, grad_accum=accum, batch_size=8) for loss, accum in RANK_CASES]
+    proc = launch("cpu_2proc.yaml", WORKER, json.dumps({"runs": runs, "reports": str(root)}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def test_ddp_two_processes_one_world_matches_single_process(tmp_path, pairs, ddp):
+    reports = [json.loads((ddp / f"rank{r}-world.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert all(r["world_size"] == 2 and r["launcher_world_size"] == 2 for r in reports)
+    assert reports[0]["digest"] == reports[1]["digest"]  # identical weights on both ranks after training
+    assert reports[0]["dev_predictions"] == reports[1]["dev_predictions"]  # every rank gets the full gather
+
+    run = ddp / "world"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["processes"] == 2 and summary["per_device_batch"] == 8 and summary["effective_batch_size"] == 16
+    log = (run / "train.log").read_text()
+    assert "batch 8 per device x 2 processes x 1 accumulation = 16 effective" in log
+    assert log.count("epoch 2 loss") == 1  # only the main process writes the log
+
+    # gathered dev metrics (61 pairs over 2 ranks, padded) == this process's evaluation of the saved model
+    assert len(reports[0]["dev_predictions"]) == 61
+    reference = single_process_metrics(run, pairs["dev"])
+    for key in ("spearman", "pearson", "mse"):
+        assert summary["dev"][key] == pytest.approx(reference[key], abs=1e-5)
+
+    # one process with the same effective batch: the same run, up to float summation order
+    data = DataConfig(str(pairs["train"]), str(pairs["dev"]), SourceOptions())
+    single = train(tmp_path / "single", data, ModelConfig(**WORLD["model"]),
+                   TrainConfig(**WORLD["train_cfg"], batch_size=16)).summary
+    assert single["processes"] == 1 and single["effective_batch_size"] == 16
+    for a, b in zip(summary["history"][1:], single["history"][1:]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        for key in ("spearman", "pearson", "mse"):
+            assert a["dev"][key] == pytest.approx(b["dev"][key], abs=1e-4), (a["epoch"], key)
+
+
+def test_ddp_trains_every_pair_once_per_epoch_and_follows_the_single_process_loss(tmp_path, odd_pairs, ddp):
+    """N = 203, batch 8 per process x 2 processes, without and with accumulation (2 steps): every
+    pair counts in exactly one batch of one rank per epoch, and each optimiser step's loss equals the
+    single-process run's."""
+    data = DataConfig(str(odd_pairs["train"]), str(odd_pairs["dev"]), SourceOptions())
+    for accum in (1, 2):
+        reports = [json.loads((ddp / f"rank{r}-accum{accum}.json").read_text()) for r in (0, 1)]
+        assert reports[0]["digest"] == reports[1]["digest"]
+        ranks = [_per_epoch(r["seen"]) for r in reports]
+        for epoch in (1, 2):
+            together = ranks[0][epoch] + ranks[1][epoch]
+            assert sorted(together) == list(range(203)), f"accum {accum}, epoch {epoch}: pairs lost or counted twice"
+        assert all(len(b["indices"]) <= 8 for r in reports for b in r["seen"])
+
+        seen: list[dict] = []
+        single = train(tmp_path / f"single{accum}", data, ModelConfig(**ODD["model"]),
+                       TrainConfig(**ODD["train_cfg"], grad_accum=accum, batch_size=16),
+                       observe=lambda b: seen.append({"epoch": b.epoch, "indices": b.indices})).summary
+        assert all(sorted(ids) == list(range(203)) for ids in _per_epoch(seen).values())
+        a, b = _steps(ddp / f"accum{accum}"), _steps(tmp_path / f"single{accum}")
+        assert len(a) == len(b) == 2 * -(-13 // accum)  # ceil(203 / 16) global batches per epoch, by accum
+        for x, y in zip(a, b):
+            assert (x["step"], x["pairs"]) == (y["step"], y["pairs"])
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (accum, x["step"])
+        assert sum(x["pairs"] for x in a) == 2 * 203
+        summary = json.loads((ddp / f"accum{accum}" / "metrics.json").read_text())
+        for x, y in zip(summary["history"][1:], single["history"][1:]):
+            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+            for key in ("spearman", "pearson", "mse"):
+                assert x["dev"][key] == pytest.approx(y["dev"][key], abs=1e-4), (accum, x["epoch"], key)
+
+
+def test_rank_losses_on_two_processes_rank_the_global_batch_as_one_process_does(tmp_path, ragged_pairs, ddp):
     """CoSENT/AnglE compare every two pairs of a batch: 2 processes x 8 must rank the global batch
     of 16, as 1 process x 16 does, not each process its own 8. Same loss per step and the same
     trained weights; AnglE with accumulation (2 batches a step), where one step is 16 + 1 pairs."""
-    model = {"max_length": 48, "dropout": 0.0}
-    common = {"epochs": 2, "lr": 2e-3, "patience": 0, "eval_batch_size": 32, "log_steps": 1}
-    cases = [("cosent", 1), ("angle", 2)]
-    runs = [{"out": str(tmp_path / f"ddp-{loss}"),
-             "train_cfg": {**common, "loss": loss, "grad_accum": accum, "batch_size": 8}} for loss, accum in cases]
-    spec = {"runs": runs, "train": str(ragged_pairs["train"]), "dev": str(ragged_pairs["dev"]),
-            "reports": str(tmp_path), "model": model}
-    proc = launch("cpu_2proc.yaml", WORKER, json.dumps(spec))
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = DataConfig(train=str(ragged_pairs["train"]), dev=str(ragged_pairs["dev"]), source=SourceOptions())
-    for i, (loss, accum) in enumerate(cases):
-        reports = [json.loads((tmp_path / f"rank{r}-{i}.json").read_text()) for r in (0, 1)]
+    for loss, accum in RANK_CASES:
+        reports = [json.loads((ddp / f"rank{r}-{loss}.json").read_text()) for r in (0, 1)]
         assert reports[0]["digest"] == reports[1]["digest"]
         lone = [b for r in reports for b in r["seen"] if not b["indices"]]
         assert lone, "no batch left a rank with filler only: the edge this test is for did not occur"
-        single = train(tmp_path / f"single-{loss}", data, ModelConfig(**model),
-                       TrainConfig(**common, loss=loss, grad_accum=accum, batch_size=16))
-        a, b = _steps(tmp_path / f"ddp-{loss}"), _steps(tmp_path / f"single-{loss}")
+        single = train(tmp_path / f"single-{loss}", data, ModelConfig(**RANK["model"]),
+                       TrainConfig(**RANK["train_cfg"], loss=loss, grad_accum=accum, batch_size=16))
+        a, b = _steps(ddp / loss), _steps(tmp_path / f"single-{loss}")
         assert len(a) == len(b) == 2 * -(-4 // accum)  # ceil(49 / 16) global batches per epoch, by accum
         for x, y in zip(a, b):
             assert (x["step"], x["pairs"]) == (y["step"], y["pairs"])
             assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (loss, x["step"])
-        ddp_weights = np.load(tmp_path / f"weights-{i}.npz")
+        ddp_weights = np.load(ddp / f"weights-{loss}.npz")
         ours = {n: p.detach().numpy() for n, p in single.model.named_parameters() if p.requires_grad}
         assert sorted(ddp_weights.files) == sorted(ours)
         # per tensor, relative to its size: Adam's step divides by sqrt(v), so an element whose gradient

@@ -133,14 +133,14 @@ def _kill_an_actor(cluster: LocalCluster) -> None:
     actors[0].kill()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_an_actor_killed_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles, pairs, local, precision):
+def test_an_actor_killed_mid_job_loses_and_duplicates_nothing(tmp_path, cluster, bundles, pairs, local):
+    """The fp32 bundle here; the int8 one goes through the other jobs, a lost node's among them."""
     # --address auto: the cluster this node belongs to
-    driver = _driver(cluster, bundles[precision], pairs, tmp_path / "ray", address="auto")
+    driver = _driver(cluster, bundles["fp32"], pairs, tmp_path / "ray", address="auto")
     _wait_for_first_part(tmp_path / "ray", driver)
     _kill_an_actor(cluster)
     _finish(driver)
-    _same_as_local(local[precision], tmp_path / "ray")
+    _same_as_local(local["fp32"], tmp_path / "ray")
 
 
 def test_more_actors_than_the_cluster_holds_fail_in_one_line(tmp_path, cluster, bundles, pairs):
