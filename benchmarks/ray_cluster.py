@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster on this machine: a head and worker nodes, each its own ``ray start
 --block`` process on loopback with its own declared CPUs, as users form one across machines (one
-``ray start`` per machine). Used by tests/test_score_ray_cluster.py and benchmarks/bench_ray.py.
+``ray start`` per machine). Used by tests/test_score_ray.py and benchmarks/bench_ray.py.
 
 Ray's own ``ray.cluster_utils.Cluster`` starts its nodes inside the calling process's Ray session;
 the point here is separate processes that can be killed one at a time, a raylet like a lost machine.

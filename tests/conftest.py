@@ -1,6 +1,7 @@
 """Shared fixtures: the real STS-B release beside the repo, small slices of it in every format."""
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
@@ -15,9 +16,13 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# what --runtime auto measures and remembers: this test session's own (and its subprocesses'), not the
-# user's cache, so that no earlier choice decides a test
-os.environ["TOOLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-test-cache-")
+# The toolkit's cache (what --runtime auto measured, torch's ONNX exports): this test session's own, not
+# the user's, so that no earlier choice decides a test. Made by pytest (which loads this file before it
+# starts pytest-xdist's workers) and inherited by the workers and every process they start: a model one
+# worker exported is not exported again by another.
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["TOOLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TOOLKIT_CACHE_DIR"], ignore_errors=True)
 # Without a GPU the Triton kernels run in Triton's interpreter; it is chosen when a kernel is
 # defined, so it must be set before anything imports toolkit.kernels (the kernels/ folder).
 if not torch.cuda.is_available():
@@ -36,8 +41,8 @@ STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsb"
 # number of tests, which put the one-test modules last): the modules that are one long test (the base
 # install's main job, the README's Python block) go early, so that no core waits at the end for one.
 LONGEST_FIRST = ("test_base_install", "test_distributed", "test_wise", "test_api", "test_export",
-                 "test_score_ray_cluster", "test_gpu_suite", "test_score", "test_own_data", "test_cli", "test_train",
-                 "test_score_ray", "test_kernels", "test_search", "test_fuzz_sources", "test_packaging",
+                 "test_score_ray", "test_gpu_suite", "test_score", "test_own_data", "test_cli", "test_train",
+                 "test_kernels", "test_search", "test_fuzz_sources", "test_packaging",
                  "test_runtimes", "test_model")
 
 

@@ -238,7 +238,8 @@ def test_earlier_spellings_resolve_to_the_same_options(old, new):
     (["train", "--data", "d", "--bogus"], "toolkit train: Unrecognized options: --bogus"),
     (["train", "--data", "d", "--epochs", "x"], "toolkit train: Error parsing --epochs: invalid literal for int()"),
     (["score", "m", "f.csv", "-o", "x.csv", "--runtime", "tpu\nx"], "toolkit score: invalid choice 'tpu x'"),
-    (["score", "m", "f.csv", "-o", "x.csv", "--runtime", "tpu\x1b[31m"], "toolkit score: invalid choice 'tpu\\x1b[31m'"),
+    (["score", "m", "f.csv", "-o", "x.csv", "--runtime", "tpu\x1b[31m"],
+     "toolkit score: invalid choice 'tpu\\x1b[31m'"),
     (["eval", "m"], "toolkit eval: Missing from toolkit eval"),
 ])
 def test_usage_errors_are_one_line_like_the_others(args, expected):

@@ -40,10 +40,10 @@ def _train(out: Path, small_stsb, arch: str, adapter: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, small_stsb) -> dict[str, Path]:
+def runs(tmp_path_factory, small_stsb, small_models) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export_runs")
-    return {name: _train(root / name, small_stsb, *name.split("-"))
-            for name in ("bi-seq_bn", "cross-lora", "bi-ia3")}
+    made = {name: _train(root / name, small_stsb, *name.split("-")) for name in ("cross-lora", "bi-ia3")}
+    return {"bi-seq_bn": small_models["run"], **made}  # the session's bi-encoder (conftest): trained once
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,9 @@ def _export(src, out, small_stsb, say=lambda line: None, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory, runs, small_stsb) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    _export(runs["bi-seq_bn"], out, small_stsb)
-    return out
+def bundle_dir(small_models) -> Path:
+    """The session's fp32 bundle of ``runs["bi-seq_bn"]``, exported as ``_export`` does (shared: copy to change)."""
+    return small_models["bundle"]
 
 
 def test_bi_seq_bn_bundles_match_pytorch(tmp_path, runs, small_stsb, dev, bundle_dir, capfd, caplog):
@@ -220,9 +219,9 @@ def test_chosen_graphs_are_pinned_node_for_node(tmp_path, runs, small_stsb, dev,
 def test_a_model_exported_again_reuses_its_graph_and_a_changed_model_gets_its_own(tmp_path, runs, small_stsb,
                                                                                     bundle_dir, monkeypatch):
     """A later export of the same weights does not run torch's exporter (the graph is kept in the cache
-    folder, this test session's, where ``bundle_dir`` put it; by another process: the base-install main
-    job's int8 export), and gives the same bytes; a graph kept for other weights is never used: with one
-    adapter weight changed, the exporter must run."""
+    folder, this test session's, where the export of ``bundle_dir`` put it, maybe in another worker; by
+    another process: the base-install main job's int8 export), and gives the same bytes; a graph kept
+    for other weights is never used: with one adapter weight changed, the exporter must run."""
     from safetensors.numpy import load_file, save_file
 
     def no_exporter(*args, **kwargs):

@@ -1,6 +1,7 @@
-"""``toolkit search`` on a small slice of one file (its dev share held out): trials on dev only, the best re-run per seed and scored on
-test; a search killed between a trial's training and its record resumes to the trials and results
-of an uninterrupted search (no trial lost or counted twice); a finished search rerun does nothing."""
+"""``toolkit search`` on a small slice of one file (its dev share held out): trials on dev only, the
+best re-run per seed and scored on test; a search killed between a trial's training and its record
+resumes to the trials and results of an uninterrupted search (no trial lost or counted twice); a
+finished search rerun does nothing."""
 from __future__ import annotations
 
 import json
