@@ -139,7 +139,8 @@ def train_step_ratio(device: str, cuda: bool, steps: int) -> dict:
     """ms per training step (bf16 autocast on GPU) of the default model, batch 32 x 128 tokens."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from toolkit.model.safe_loading import resolve_model
-    from toolkit.model.regressor import ModelConfig, PairRegressor
+    from toolkit.model.config import ModelConfig
+    from toolkit.model.regressor import PairRegressor
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
     batch, length = (32, 128) if cuda else (2, 16)

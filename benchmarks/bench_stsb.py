@@ -32,7 +32,8 @@ from toolkit.model.batching import PairTokenizer  # noqa: E402
 from toolkit.model.label_scale import LabelScale  # noqa: E402
 from toolkit.model.safe_loading import load_tokenizer, resolve_model  # noqa: E402
 from toolkit.scoring.metrics import evaluate_predictions, mean_std  # noqa: E402
-from toolkit.model.regressor import ModelConfig, PairRegressor  # noqa: E402
+from toolkit.model.config import ModelConfig  # noqa: E402
+from toolkit.model.regressor import PairRegressor  # noqa: E402
 from toolkit.scoring.torch_engine import Predictor  # noqa: E402
 from toolkit.training.run_dir import load_run  # noqa: E402
 from toolkit.sources import SourceOptions, read_pairs, resolve_data_spec  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import cpu_info  # noqa: E402
 from toolkit.common.atomic_io import write_text  # noqa: E402
-from toolkit.model.regressor import ModelConfig  # noqa: E402
+from toolkit.model.config import ModelConfig  # noqa: E402
 from toolkit.robustness.genre_shift import HELD_OUT, write_genre_shift  # noqa: E402
 from toolkit.sources import SourceOptions, resolve_data_spec  # noqa: E402
 from toolkit.training.config import TrainConfig  # noqa: E402

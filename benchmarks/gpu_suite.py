@@ -355,7 +355,8 @@ def _step_loop(s: Suite, fused: str, batch: int, steps: int, warmup: int, max_le
     from toolkit.kernels.adapter_module import FusedBottleneckAdapter
     from toolkit.model.batching import PairTokenizer
     from toolkit.model.safe_loading import load_tokenizer
-    from toolkit.model.regressor import ModelConfig, PairRegressor
+    from toolkit.model.config import ModelConfig
+    from toolkit.model.regressor import PairRegressor
 
     folder = _model_folder(s)
     if s.cuda:  # what earlier parts left allocated is not this loop's

@@ -156,7 +156,7 @@ def small_models(tmp_path_factory, small_stsb) -> dict[str, Path]:
     """A bi-encoder (seq_bn) trained one epoch on 48 pairs, and its fp32 bundle: what the scoring
     tests (local and Ray engines) score with."""
     from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.sources import SourceOptions
     from toolkit.training.config import TrainConfig
     from toolkit.training.loop import train

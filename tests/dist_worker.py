@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.sources import SourceOptions
 from toolkit.training.config import BatchSeen, TrainConfig
 from toolkit.training.loop import train

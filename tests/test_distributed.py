@@ -19,7 +19,7 @@ import pytest
 from conftest import stsb_rows, write_pairs, write_stsb_slice
 from safetensors.numpy import load_file
 
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.scoring.metrics import evaluate_predictions
 from toolkit.sources import SourceOptions, read_pairs
 from toolkit.training.config import TrainConfig

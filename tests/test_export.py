@@ -20,7 +20,7 @@ from toolkit.artifacts.merge import load_merged, merge_into_base, merge_run, unm
 from toolkit.artifacts.onnx_export import ExportConfig, export_onnx
 from toolkit.artifacts.open_model import load_model
 from toolkit.common.errors import ToolkitError
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.scoring.onnx_bundle import Bundle
 from toolkit.sources import SourceOptions, read_pairs
 from toolkit.training.config import TrainConfig

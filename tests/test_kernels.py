@@ -126,7 +126,8 @@ def test_bad_shapes_are_refused():
 # -- in the model --------------------------------------------------------------------------------------
 
 def _models(adapter: str):
-    from toolkit.model.regressor import ModelConfig, PairRegressor
+    from toolkit.model.config import ModelConfig
+    from toolkit.model.regressor import PairRegressor
     from toolkit.model.safe_loading import resolve_model
 
     _, folder = resolve_model("all-MiniLM-L6-v2")
@@ -177,7 +178,7 @@ def test_unsupported_layers_stay_with_the_library():
 def test_fused_training_run_saves_and_loads_in_adapters_format(tmp_path, small_stsb):
     from safetensors.numpy import load_file
 
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.scoring.metrics import evaluate_predictions
     from toolkit.sources import SourceOptions, read_pairs
     from toolkit.training.config import TrainConfig
@@ -269,7 +270,7 @@ def test_failing_self_check_falls_back_to_pytorch_with_one_warning(fresh_verdict
 def test_fallback_is_recorded_in_the_run(tmp_path, small_stsb, fresh_verdicts, monkeypatch):
     import toolkit.kernels.adapter_bottleneck as ab
 
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.sources import SourceOptions
     from toolkit.training.config import TrainConfig
     from toolkit.training.loop import train

@@ -121,7 +121,7 @@ def test_a_run_directory_cannot_turn_on_remote_code(tmp_path, small_stsb):
     import subprocess
     import sys
 
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.sources import SourceOptions
     from toolkit.training.config import TrainConfig
     from toolkit.training.loop import resume, train

@@ -70,7 +70,7 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss
 
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.model.safe_loading import resolve_model
     from toolkit.sources import SourceOptions, read_pairs
     from toolkit.training.config import TrainConfig
@@ -97,7 +97,7 @@ def test_first_training_step_equals_sentence_transformers_on_that_batch(tmp_path
 
 def test_rank_losses_are_for_bi_encoders(tmp_path, small_stsb):
     from toolkit.common.errors import ToolkitError
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.training.config import TrainConfig
     from toolkit.training.loop import train
     from toolkit.training.run_data import DataConfig
@@ -127,7 +127,7 @@ def test_bce_by_hand_with_filler_slots():
 
 def test_bce_combinations_that_cannot_work_are_refused(tmp_path, small_stsb):
     from toolkit.common.errors import ToolkitError
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.training.config import TrainConfig, objective_model
     from toolkit.training.loop import train
     from toolkit.training.run_data import DataConfig

@@ -10,7 +10,8 @@ from toolkit.common.choices import ADAPTERS
 from toolkit.common.errors import ToolkitError
 from toolkit.model.batching import PairTokenizer
 from toolkit.model.label_scale import LabelScale
-from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import PairRegressor
 from toolkit.model.safe_loading import load_tokenizer, resolve_model
 from toolkit.scoring.torch_engine import Predictor
 

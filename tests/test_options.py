@@ -16,7 +16,7 @@ from toolkit.batch.config import ScoreConfig
 from toolkit.batch.ray_engine import RayConfig
 from toolkit.common.config_io import field_hints
 from toolkit.common.errors import ToolkitError
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.robustness.wise import WiseConfig
 from toolkit.sources import SourceOptions
 from toolkit.training.config import TrainConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from toolkit.common.errors import ToolkitError
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.sources import SourceOptions, read_pairs
 from toolkit.training.config import TrainConfig
 from toolkit.training.loop import train

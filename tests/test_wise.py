@@ -18,7 +18,8 @@ from safetensors import safe_open
 
 from toolkit.common.errors import ToolkitError
 from toolkit.common.option_types import parse_alphas
-from toolkit.model.regressor import ModelConfig, mean_pool
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import mean_pool
 from toolkit.model.safe_loading import resolve_model
 from toolkit.robustness.wise import EvalSet, Interpolation, WiseConfig, check_compatible, choose_alpha, wise
 from toolkit.sources import SourceOptions, read_pairs

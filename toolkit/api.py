@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # imported per command at run time (scoring a bundle imports 
     from toolkit.artifacts.onnx_export import ExportConfig
     from toolkit.batch.config import ScoreConfig
     from toolkit.batch.ray_engine import RayConfig
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
     from toolkit.robustness.wise import WiseConfig
     from toolkit.sources import SourceOptions
     from toolkit.training.config import TrainConfig
@@ -131,7 +131,7 @@ def train(data: Optional[str] = None, *, out: Optional[str] = None, resume: Opti
                                                           "data_config": data_config})
     _set_data(data_cfg, data)
     cfg.validate()
-    from toolkit.training.distributed import check_launch
+    from toolkit.training.launch_checks import check_launch
 
     check_launch(cfg.per_device_batch, cfg.grad_accum, cfg.max_grad_norm)  # before the model stack loads
     from toolkit.training.loop import train as train_run

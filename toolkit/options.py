@@ -17,13 +17,13 @@ def option_classes(command: str) -> tuple[type, ...]:
     from toolkit.sources import SourceOptions
 
     if command == "train":
-        from toolkit.model.regressor import ModelConfig
+        from toolkit.model.config import ModelConfig
         from toolkit.training.config import TrainConfig
         from toolkit.training.run_data import DataConfig
 
         return ModelConfig, TrainConfig, DataConfig
     if command == "search":
-        from toolkit.model.regressor import ModelConfig
+        from toolkit.model.config import ModelConfig
         from toolkit.training.config import TrainConfig
         from toolkit.training.run_data import DataConfig
         from toolkit.training.search import SearchConfig
@@ -31,7 +31,7 @@ def option_classes(command: str) -> tuple[type, ...]:
         return ModelConfig, TrainConfig, DataConfig, SearchConfig
     if command == "distill":
         from toolkit.distill.distillation import DistillConfig
-        from toolkit.model.regressor import ModelConfig
+        from toolkit.model.config import ModelConfig
         from toolkit.training.config import TrainConfig
         from toolkit.training.run_data import DataConfig
 

@@ -29,7 +29,7 @@ from toolkit.common.option_types import Bounds, Count, Share, check_options
 from toolkit.common.progress import progress_bar
 from toolkit.distill.silver import (SilverPairs, SilverSettings, distinct_sentences, nearest_neighbours,
                                     read_silver, sample_pairs, silver_key, write_silver)
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.scoring.metrics import evaluate_predictions
 from toolkit.sources import PairChunk, SourceOptions, read_pairs
 from toolkit.training.config import TrainConfig

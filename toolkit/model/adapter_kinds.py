@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from toolkit.model.regressor import ModelConfig
+    from toolkit.model.config import ModelConfig
 
 # Learning rates found on STS-B dev (benchmarks/RESULTS.md): adapters want ~50x full fine-tuning's.
 ADAPTER_LR, FULL_LR = 1e-3, 2e-5

@@ -12,56 +12,25 @@ bi:    each sentence is encoded alone and mean-pooled; the score is the cosine o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from toolkit.common.choices import Adapter, Arch, HeadActivation, Pooling
-from toolkit.common.option_types import Bounds, Count, Positive, Share, check_options
 from toolkit.common.errors import ToolkitError
 from toolkit.model.adapter_kinds import adapter_kind, fused_kinds
 from toolkit.model.architectures import architecture
+from toolkit.model.config import ModelConfig
 from toolkit.model.losses import angle_similarity
-from toolkit.model.known_models import DEFAULT_MODEL
 from toolkit.model.safe_loading import load_adapter_model
 
 NAME = "pair"  # the adapter's and the head's name inside the adapters library
 FULL_WEIGHTS = "model.safetensors"
 ADAPTER_WEIGHTS = ("adapter.safetensors",)
 HEAD_WEIGHTS = "model_head.safetensors"
-
-
-@dataclass
-class ModelConfig:
-    """What to build; saved in the run directory, so later commands take no model options."""
-
-    base_model: str = DEFAULT_MODEL  # short name or local model folder
-    arch: Arch = "bi"  # bi: cosine of two embeddings; cross: joint encoding + head
-    adapter: Adapter = "seq_bn"  # adapter type; none = full fine-tuning
-    reduction_factor: Optional[Positive] = None
-    """bottleneck adapters: hidden size / bottleneck width (default: library's)"""
-    lora_r: Count = 8  # LoRA rank
-    lora_alpha: Optional[float] = None  # LoRA alpha (default: equal to the rank: scaling 1)
-    max_length: Annotated[int, Bounds(8)] = 128  # tokens per input
-    head_layers: int = 2  # cross-encoders: layers of the regression head
-    pooling: Optional[Pooling] = None  # cross-encoders: what the head reads, the [CLS] state (default) or the mean
-    head_activation: Optional[HeadActivation] = None
-    """cross-encoders: the head's output function (default: sigmoid when trained with --loss bce, else identity)"""
-    dropout: Optional[Share] = None  # rate of every dropout layer (default: the model's own, 0.1 for BERT)
-    fused_kernel: Literal["auto", "on", "off"] = "auto"
-    """Triton kernel for bottleneck adapters (auto: on with a CUDA GPU and Triton)"""
-    trust_remote_code: bool = False  # allow a model folder's own code (auto_map)
-
-    def validate(self) -> None:
-        check_options(self)
-        if not architecture(self.arch).has_head and (self.pooling is not None or self.head_activation is not None):
-            raise ToolkitError("--pooling and --head-activation are for cross-encoders' head: a bi-encoder mean-pools "
-                               "each sentence and scores the cosine")
 
 
 def fused_kernel_choice(mode: str) -> tuple[bool, str]:

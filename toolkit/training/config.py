@@ -14,7 +14,7 @@ from toolkit.common.errors import ToolkitError
 from toolkit.model.adapter_kinds import adapter_kind
 from toolkit.model.architectures import architecture
 from toolkit.model.label_scale import LabelScale
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.training.run_data import DataConfig
 
 

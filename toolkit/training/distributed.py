@@ -10,19 +10,15 @@ Both failures print success, so ``make_accelerator`` compares accelerate's view 
 """
 from __future__ import annotations
 
-import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from toolkit.common.errors import ToolkitError
-
-
-def using_deepspeed() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+from toolkit.training.launch_checks import deepspeed_config_file, owned_settings, using_deepspeed
 
 
 def cpu_has_bf16() -> bool:
@@ -54,25 +50,6 @@ def resolve_precision(requested: str) -> str:
         raise ToolkitError("bf16 asked, but this CPU has no bf16 support (no avx512_bf16/amx_bf16): "
                            "use --precision no, or set mixed_precision: 'no' in the accelerate config")
     return precision
-
-
-def deepspeed_config_file() -> Optional[dict]:
-    """The DeepSpeed JSON named by the accelerate config, read and checked before accelerate reads it."""
-    if not using_deepspeed():
-        return None
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
-    if path == "none":
-        return None  # the config's inline deepspeed_config block
-    if not Path(path).is_file():
-        raise ToolkitError(f"DeepSpeed config file {path} not found (named by the accelerate config's "
-                           "deepspeed_config_file)")
-    try:
-        config = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ToolkitError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ToolkitError(f"{path}: expected a JSON object")
-    return config
 
 
 def make_accelerator(precision: str, grad_accum: int, log_with: Optional[str] = None,
@@ -171,29 +148,6 @@ def gathered(accelerator, params):
     return nullcontext()
 
 
-def _owned_settings(ds: dict, per_device: int, processes: int, grad_accum: int, max_grad_norm: float) -> dict:
-    """The DeepSpeed settings our config owns; a fixed value in ``ds`` that disagrees is an error."""
-    ours = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": grad_accum,
-            "train_batch_size": per_device * processes * grad_accum, "gradient_clipping": max_grad_norm}
-    for key, value in ours.items():
-        fixed = ds.get(key, "auto")
-        if fixed != "auto" and float(fixed) != float(value):
-            raise ToolkitError(f"the DeepSpeed config fixes {key}={fixed}, but the training settings give {value}: "
-                               f"set it to \"auto\" (the toolkit's flags own it)")
-    return ours
-
-
-def check_launch(per_device_batch: Callable[[int], int], grad_accum: int, max_grad_norm: float) -> None:
-    """The world's settings checked from the launcher's environment before the model stack is imported
-    (seconds per process), so that a wrong global batch or DeepSpeed config fails at once; the checks
-    after the Accelerator exists stay, for worlds made otherwise."""
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    per_device = per_device_batch(processes)
-    ds = deepspeed_config_file()
-    if ds is not None:
-        _owned_settings(ds, per_device, processes, grad_accum, max_grad_norm)
-
-
 def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm: float) -> Optional[dict]:
     """The DeepSpeed config, with our settings where it says "auto"; a fixed value that disagrees
     with them is an error (our config owns batch sizes, accumulation and clipping)."""
@@ -201,7 +155,7 @@ def align_deepspeed(accelerator, per_device: int, grad_accum: int, max_grad_norm
     if plugin is None:
         return None
     ds = plugin.deepspeed_config
-    ours = _owned_settings(ds, per_device, accelerator.num_processes, grad_accum, max_grad_norm)
+    ours = owned_settings(ds, per_device, accelerator.num_processes, grad_accum, max_grad_norm)
     ds.update(ours)  # accelerate would fill clipping "auto" with 1.0 and cannot read our batch sampler's size
     if ("optimizer" in ds) != ("scheduler" in ds):
         raise ToolkitError("the DeepSpeed config names an optimizer without a scheduler (or the reverse): "

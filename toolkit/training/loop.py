@@ -26,7 +26,8 @@ from toolkit.model.architectures import architecture
 from toolkit.model.batching import LengthGroupedBatchSampler, PairDataset, PairTokenizer
 from toolkit.model.label_scale import LabelScale
 from toolkit.model.losses import OUTPUT, batch_objective
-from toolkit.model.regressor import ModelConfig, PairRegressor, kernel_report
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import PairRegressor, kernel_report
 from toolkit.model.safe_loading import load_tokenizer, resolve_model
 from toolkit.scoring.metrics import evaluate_predictions, format_metrics, is_better
 from toolkit.scoring.torch_engine import Predictor

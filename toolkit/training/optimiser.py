@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import PairRegressor
 from toolkit.training.config import TrainConfig
 from toolkit.training.distributed import align_deepspeed
 

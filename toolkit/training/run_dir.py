@@ -23,7 +23,8 @@ from toolkit.common.config_io import from_dict
 from toolkit.common.errors import ToolkitError
 from toolkit.model.batching import PairTokenizer
 from toolkit.model.label_scale import LabelScale
-from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import PairRegressor
 from toolkit.model.safe_loading import caller_trust, load_tokenizer, resolve_model, weights_sha256
 from toolkit.scoring.torch_engine import Predictor
 

@@ -33,7 +33,7 @@ from toolkit.common.failpoints import crash_point
 from toolkit.common.option_types import Count, Positive, check_options
 from toolkit.model.adapter_kinds import adapter_kind
 from toolkit.model.architectures import architecture
-from toolkit.model.regressor import ModelConfig
+from toolkit.model.config import ModelConfig
 from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
 from toolkit.scoring.plots import plot_search
 from toolkit.training.config import TrainConfig, objective_model

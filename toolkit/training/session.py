@@ -15,7 +15,8 @@ from toolkit.common.config_io import from_dict
 from toolkit.common.errors import ToolkitError
 from toolkit.common.settings_diff import differences, summarize
 from toolkit.model.batching import LengthGroupedBatchSampler
-from toolkit.model.regressor import ModelConfig, PairRegressor
+from toolkit.model.config import ModelConfig
+from toolkit.model.regressor import PairRegressor
 from toolkit.scoring.torch_engine import Predictor
 from toolkit.sources import PairChunk
 from toolkit.training.checkpoint import find_checkpoint
