@@ -6,7 +6,8 @@ pairs/s of that int8 bundle through ``toolkit score`` on this CPU, all in one ru
 
 For each model (a run or merged folder): its trainable and total parameters (the run's metrics.json),
 its STS-B test Spearman in PyTorch (``toolkit.evaluate``), the default int8 bundle (``toolkit export
---onnx --quantize int8``, gated on STS-B dev; exported once, kept in OUT), that bundle's test Spearman,
+--onnx --quantize int8``, gated on STS-B dev; exported once, kept in OUT; where the gate refuses int8, the
+fp32 bundle, and the table says so), that bundle's test Spearman,
 and ``toolkit score`` of bench_score.py's pairs file (STS-B test's pairs, then first sentences paired
 with other test sentences) with ONNX Runtime, the median of ``--repeats`` timed runs after the test
 file's (a warm-up).
@@ -30,7 +31,29 @@ import toolkit  # noqa: E402
 from toolkit.artifacts.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from toolkit.batch.config import ScoreConfig  # noqa: E402
 from toolkit.batch.stream import score_file  # noqa: E402
+from toolkit.common.errors import ToolkitError  # noqa: E402
 from toolkit.sources import Columns, SourceOptions, read_pairs  # noqa: E402
+
+
+def bundle_of(name: str, model: str, out: Path, args) -> tuple[Path, str]:
+    """The model's int8 bundle; where the export gate refuses int8, its fp32 bundle and the reason."""
+    def why() -> str:  # the int8 refusal, where the fp32 bundle stands in
+        return (out / "int8.refused").read_text().strip() if (out / "int8.refused").exists() else ""
+
+    for variant in ("int8", "fp32"):
+        bundle, refusal = out / variant, out / f"{variant}.refused"
+        if (bundle / "metadata.json").exists():
+            return bundle, why() if variant == "fp32" else ""
+        if refusal.exists():
+            continue
+        try:
+            export_onnx(model, bundle, ExportConfig(quantize="int8" if variant == "int8" else None,
+                                                    verify_data=str(STSB / "sts-dev.csv"), threads=args.threads),
+                        overwrite=True, say=lambda line: print(f"  [{name}] {line}", file=sys.stderr))
+            return bundle, why() if variant == "fp32" else ""
+        except ToolkitError as e:
+            refusal.write_text(str(e))
+    raise SystemExit(f"{model}: no bundle passed the export gate: {(out / 'fp32.refused').read_text()}")
 
 
 def measure(name: str, model: str, args, data: Path, n: int) -> dict:
@@ -40,11 +63,7 @@ def measure(name: str, model: str, args, data: Path, n: int) -> dict:
     metrics = Path(model) / "metrics.json"
     params = json.loads(metrics.read_text()).get("params", {}) if metrics.exists() else {}
     pytorch = 100 * toolkit.evaluate(model, str(test))["spearman"]
-    bundle = out / "int8"
-    if not (bundle / "metadata.json").exists():
-        export_onnx(model, bundle, ExportConfig(quantize="int8", verify_data=str(STSB / "sts-dev.csv"),
-                                                threads=args.threads),
-                    overwrite=True, say=lambda line: print(f"  [{name}] {line}", file=sys.stderr))
+    bundle, refused = bundle_of(name, model, out, args)
     options = SourceOptions(columns=Columns(id_col="id"), need_score=False)
     cfg = ScoreConfig(threads=args.threads, batch_size=args.batch_size, restart=True, progress=False,
                       runtime="onnxruntime")
@@ -53,10 +72,11 @@ def measure(name: str, model: str, args, data: Path, n: int) -> dict:
     int8 = spearman(pq.read_table(out / "test.parquet").column("score").to_numpy(), gold.scores)
     seconds = timed(lambda: score_file(str(bundle), str(data), str(out / "scores.parquet"), options, cfg),
                     args.repeats)
-    row = {"name": name, "model": model, "params": params, "test_pytorch": pytorch, "test_int8": int8,
-           "int8_pairs_per_s": n / seconds, "int8_mib": (bundle / "model.onnx").stat().st_size / 2 ** 20}
-    print(f"[{name}] PyTorch {pytorch:.2f}, int8 {int8:.2f}, {row['int8_pairs_per_s']:.0f} pairs/s",
-          file=sys.stderr, flush=True)
+    row = {"name": name, "model": model, "params": params, "test_pytorch": pytorch, "variant": bundle.name,
+           "int8_refused": refused, "test_bundle": int8, "pairs_per_s": n / seconds,
+           "bundle_mib": (bundle / "model.onnx").stat().st_size / 2 ** 20}
+    print(f"[{name}] PyTorch {pytorch:.2f}, {bundle.name} bundle {int8:.2f}, {row['pairs_per_s']:.0f} pairs/s"
+          + (f" (int8 refused: {refused})" if refused else ""), file=sys.stderr, flush=True)
     return row
 
 
@@ -74,14 +94,15 @@ def main() -> None:
     data = args.out / "pairs.parquet"
     write_pairs(data, list(gold.s1), list(gold.s2), args.pairs)
     rows = [measure(name, model, args, data, args.pairs) for name, model in (m.split("=", 1) for m in args.model)]
-    base = rows[0]["int8_pairs_per_s"]
-    lines = ["| model | trainable / total parameters | STS-B test (PyTorch) | int8 bundle | int8 pairs/s | "
-             f"x {rows[0]['name']} |", "|---|---|---:|---:|---:|---:|"]
+    base = rows[0]["pairs_per_s"]
+    lines = ["| model | trainable / total parameters | STS-B test (PyTorch) | bundle | its test | pairs/s | "
+             f"x {rows[0]['name']} |", "|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
         p = r["params"]
         share = f"{p['trainable']:,} / {p['total']:,}" if p else "-"
-        lines.append(f"| {r['name']} | {share} | {r['test_pytorch']:.2f} | {r['test_int8']:.2f} | "
-                     f"{r['int8_pairs_per_s']:.0f} | {r['int8_pairs_per_s'] / base:.2f} |")
+        variant = r["variant"] + (" (int8 refused by the gate)" if r["int8_refused"] else "")
+        lines.append(f"| {r['name']} | {share} | {r['test_pytorch']:.2f} | {variant} | {r['test_bundle']:.2f} | "
+                     f"{r['pairs_per_s']:.0f} | {r['pairs_per_s'] / base:.2f} |")
     print("\n".join(lines))
     print(f"{args.pairs} pairs, {args.threads} threads, batch {args.batch_size}, median of {args.repeats}; "
           f"machine: {cpu_info()}; {date.today()}")
