@@ -4,7 +4,7 @@ The first seed's `toolkit distill` asks the teacher for the silver labels; the o
 the same label files (hard links: same teacher, gold pairs and settings, so `distill` reads them back)
 and run two at a time at one thread each. Each student is selected on gold dev; test is scored once.
 
-    python benchmarks/bench_distill.py --teacher RUN --out runs/bench-distill --silver-pairs 20000 \\
+    python benchmarks/bench_distill.py --teacher RUN --out runs/bench-distill --silver-pairs 10000 \\
         --seeds 1 2 3 [--epochs 2] [-- other train options]
 
 Finished students are read back (the same command reruns nothing), so a killed benchmark resumes.
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stsb", default=str(STSB))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--silver-pairs", type=int, default=20000)
+    ap.add_argument("--silver-pairs", type=int, default=10000)
     ap.add_argument("--neighbour-share", type=float, default=0.5)
     ap.add_argument("--silver-share", type=float, default=None)
     ap.add_argument("--epochs", type=int, default=4)

@@ -44,7 +44,7 @@ class DistillConfig:
     """The teacher and the silver pairs it scores; the student is the model and training options given."""
 
     teacher: Optional[str] = None  # the teacher, no default: a run, merged folder or ONNX bundle (bi, cross, any base)
-    silver_pairs: Count = 20000  # pairs sampled among the training sentences and scored by the teacher
+    silver_pairs: Count = 10000  # pairs sampled among the training sentences and scored by the teacher
     neighbour_share: Share = 0.5
     """share of the silver pairs that pair a sentence with a near neighbour (under the teacher's embeddings; a
     cross-encoder teacher: the student's starting model's); the rest are random pairs"""
