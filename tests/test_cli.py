@@ -251,6 +251,18 @@ def test_usage_errors_are_one_line_like_the_others(args, expected):
     assert not set("╭╮╰╯│") & set(proc.stderr)
 
 
+@pytest.mark.parametrize("command", ["train", "search", "distill"])
+def test_training_commands_read_their_options_without_torch(command, tmp_path):
+    """Their --help and option errors come before the model stack, whose imports take seconds."""
+    (tmp_path / "c.yaml").write_text("epochs: abc\n")
+    proc = subprocess.run([*TOOLKIT, command, "--config", str(tmp_path / "c.yaml"), "--out", "o"],
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True)
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    said = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 2 and said == [f"{tmp_path / 'c.yaml'}: epochs='abc': expected int"], said
+    assert "toolkit.options" in imported and "torch" not in imported, sorted(m for m in imported if "torch" in m)
+
+
 @pytest.mark.parametrize("command", ["train", "search", "score", "wise", "distill"])
 def test_quiet_means_no_progress_bar_in_every_command_that_shows_one(command):
     args = {"train": ["--data", "d", "--out", "o"], "search": ["--data", "d", "--out", "o"],

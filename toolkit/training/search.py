@@ -37,7 +37,6 @@ from toolkit.model.config import ModelConfig
 from toolkit.scoring.metrics import HIGHER_IS_BETTER, evaluate_predictions, mean_std
 from toolkit.scoring.plots import plot_search
 from toolkit.training.config import TrainConfig, objective_model
-from toolkit.training.loop import train
 from toolkit.training.run_data import DataConfig
 
 STUDY, RESULT, PLOT, TRIALS, FINAL = "study.db", "search.json", "search.png", "trials", "final"
@@ -182,6 +181,8 @@ def _run_trials(study, out: Path, data: DataConfig, model_cfg: ModelConfig, trai
                 cfg: SearchConfig, say: Callable[[str], None], progress: bool) -> None:
     import optuna
 
+    from toolkit.training.loop import train  # here, not at the top: `toolkit search --help` needs no torch
+
     metric, started, done_here = train_cfg.metric, time.time(), 0
     while len(_completed(study)) < cfg.trials:
         completed = len(_completed(study))
@@ -214,6 +215,7 @@ def _final(study, out: Path, data: DataConfig, model_cfg: ModelConfig, train_cfg
            test: Optional[str], say: Callable[[str], None], progress: bool) -> dict:
     """The best setting by dev, re-run per seed; test read only now."""
     from toolkit.sources import read_pairs
+    from toolkit.training.loop import train
     from toolkit.training.run_dir import load_run
 
     metric = train_cfg.metric
