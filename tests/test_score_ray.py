@@ -84,6 +84,7 @@ def local(bundles, pairs, tmp_path_factory) -> dict[str, dict[str, dict]]:
         made[precision] = {r["id"]: r for r in pq.read_table(out).to_pylist()}
     return made
 
+
 @pytest.fixture(scope="module")
 def joined(cluster):
     """This process joined to the cluster as a driver (a job started here scores on the worker nodes)."""
