@@ -16,6 +16,7 @@ Speed is given as a ratio to the first model. Prints a table and writes OUT/resu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import date
@@ -24,36 +25,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow.parquet as pq  # noqa: E402
-from bench_score import STSB, spearman, timed, write_pairs  # noqa: E402
+from bench_score import STSB, gated_bundle, spearman, timed, write_pairs  # noqa: E402
 from machine_info import cpu_info  # noqa: E402
 
 import toolkit  # noqa: E402
-from toolkit.artifacts.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from toolkit.artifacts.onnx_export import ExportConfig  # noqa: E402
 from toolkit.batch.config import ScoreConfig  # noqa: E402
 from toolkit.batch.stream import score_file  # noqa: E402
-from toolkit.common.errors import ToolkitError  # noqa: E402
 from toolkit.sources import Columns, SourceOptions, read_pairs  # noqa: E402
 
 
 def bundle_of(name: str, model: str, out: Path, args) -> tuple[Path, str]:
     """The model's int8 bundle; where the export gate refuses int8, its fp32 bundle and the reason."""
-    def why() -> str:  # the int8 refusal, where the fp32 bundle stands in
-        return (out / "int8.refused").read_text().strip() if (out / "int8.refused").exists() else ""
-
-    for variant in ("int8", "fp32"):
-        bundle, refusal = out / variant, out / f"{variant}.refused"
-        if (bundle / "metadata.json").exists():
-            return bundle, why() if variant == "fp32" else ""
-        if refusal.exists():
-            continue
-        try:
-            export_onnx(model, bundle, ExportConfig(quantize="int8" if variant == "int8" else None,
-                                                    verify_data=str(STSB / "sts-dev.csv"), threads=args.threads),
-                        overwrite=True, say=lambda line: print(f"  [{name}] {line}", file=sys.stderr))
-            return bundle, why() if variant == "fp32" else ""
-        except ToolkitError as e:
-            refusal.write_text(str(e))
-    raise SystemExit(f"{model}: no bundle passed the export gate: {(out / 'fp32.refused').read_text()}")
+    cfg = ExportConfig(quantize="int8", verify_data=str(STSB / "sts-dev.csv"), threads=args.threads)
+    int8 = gated_bundle(model, out / "int8", cfg, f"[{name}] ")
+    if isinstance(int8, Path):
+        return int8, ""
+    fp32 = gated_bundle(model, out / "fp32", dataclasses.replace(cfg, quantize=None), f"[{name}] ")
+    if isinstance(fp32, str):
+        raise SystemExit(f"{model}: no bundle passed the export gate: {fp32}")
+    return fp32, int8
 
 
 def measure(name: str, model: str, args, data: Path, n: int) -> dict:

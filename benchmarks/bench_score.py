@@ -101,6 +101,21 @@ def timed(fn, repeats: int) -> float:
     return median(times)
 
 
+def gated_bundle(source: str, path: Path, cfg: ExportConfig, tag: str = "") -> Path | str:
+    """``source`` exported to ``path`` once (kept for later runs), or why the export gate refused it
+    (kept beside it in PATH.refused, so a refused export is not tried again)."""
+    refused = path.with_name(path.name + ".refused")
+    if refused.exists():
+        return refused.read_text().strip()
+    if not (path / "metadata.json").exists():
+        try:
+            export_onnx(source, path, cfg, overwrite=True, say=lambda line: print(f"  {tag}{line}", file=sys.stderr))
+        except ToolkitError as e:
+            refused.write_text(str(e))
+            return str(e)
+    return path
+
+
 def openvino_python(venv: Path) -> Path:
     """OpenVINO's own environment, with the toolkit's own tokenizers/onnxruntime/pyarrow/numpy versions."""
     python = venv / "bin" / "python"
@@ -142,19 +157,11 @@ class Bench:
     def bundle(self, attention: str, variant: str) -> Path | str:
         """The bundle of one candidate graph (exported once), or why there is none: the model does not
         fuse, or the export gate refused it."""
-        path = self.out / f"{self.name}-{attention}-{variant}"
-        refused = path.with_name(path.name + ".refused")
-        if refused.exists():
-            return refused.read_text()
-        if not (path / "metadata.json").exists():
-            try:
-                export_onnx(self.run_dir, path, ExportConfig(attention=attention, quantize="int8" if variant == "int8"
-                                                             else None, verify_data=str(STSB / "sts-dev.csv"),
-                                                             threads=self.args.threads),
-                            overwrite=True, say=lambda line: print(f"  {line}", file=sys.stderr))
-            except ToolkitError as e:
-                refused.write_text(str(e))
-                return str(e)
+        path = gated_bundle(self.run_dir, self.out / f"{self.name}-{attention}-{variant}",
+                            ExportConfig(attention=attention, quantize="int8" if variant == "int8" else None,
+                                         verify_data=str(STSB / "sts-dev.csv"), threads=self.args.threads))
+        if isinstance(path, str):
+            return path
         meta = json.loads((path / "metadata.json").read_text())
         if meta["graph"]["attention"] != attention:
             return "attention is not fused in this model (the export fell back to plain ops)"
